@@ -1,0 +1,50 @@
+"""Checkpoints: full training state (for bit-exact resume) and plain weights (for init_from)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "load_weights"]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def save_checkpoint(path: Path, model, opt, sched, gen: torch.Generator, epoch: int,
+                    history: list[dict], spec: dict) -> None:
+    state = {
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "epoch": epoch, "history": history, "spec": spec,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous checkpoint intact
+
+
+def load_checkpoint(path: Path, model, opt, sched, gen: torch.Generator, device) -> dict:
+    state = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load weights from a training checkpoint or a bare state_dict file (strict: a checkpoint
+    of another architecture is an error, not a silent partial load)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from must be an existing checkpoint file, but got init_from='{path}'")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"] if isinstance(state, dict) and "model" in state else state)

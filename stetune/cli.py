@@ -1,0 +1,158 @@
+"""The `stetune` command: train, bench, theory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def _bits(value: str):
+    from .quant import parse_bits
+
+    try:
+        return parse_bits(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_train(sub) -> None:
+    from .spec import MODEL_DEFAULTS
+
+    defaults = ", ".join(f"{m}: {d['epochs']} epochs, batch {d['batch_size']}, lr {d['lr']}"
+                         for m, d in MODEL_DEFAULTS.items())
+    p = sub.add_parser(
+        "train", help="train one model (no Ray, no MLflow)",
+        description="Train one activation-quantized (or float) network and print a JSON summary. "
+                    f"Unset epochs/batch/lr/milestones take the paper's per-model defaults ({defaults}; "
+                    "milestones at the same fractions of the epochs).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="lenet5", help="lenet5 | vgg11 | resnet20")
+    p.add_argument("--dataset", default="digits",
+                   help="digits (bundled, offline) | fashion-mnist | mnist | cifar10 | synthetic")
+    p.add_argument("--ste", default="clipped_relu", help="identity | relu | clipped_relu")
+    p.add_argument("--bits", type=_bits, default=2, help="activation bits 1..8, or 'float' (plain ReLU)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the model's)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the model's)")
+    p.add_argument("--lr", type=float, help="initial learning rate (default: the model's)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="L2 weight decay")
+    p.add_argument("--milestones", type=int, nargs="+", help="epochs at which lr *= gamma")
+    p.add_argument("--gamma", type=float, default=0.1, help="lr decay factor at each milestone")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, data order, augmentation")
+    p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda[:N]")
+    p.add_argument("--data-dir", help="dataset directory (default: $STETUNE_DATA or ~/.cache/stetune/data)")
+    p.add_argument("--limit", type=int, help="use only the first N train and val examples")
+    p.add_argument("--alpha", type=float, help="quantizer step (default: Lloyd-Max for the bit-width)")
+    p.add_argument("--alpha-scale", type=float, default=1.0, help="multiply the quantizer step")
+    p.add_argument("--init-from", help="checkpoint (e.g. a float run's) to initialise the weights from")
+    p.add_argument("--switch-ste", help="STE to switch to at --switch-ste-at")
+    p.add_argument("--switch-ste-at", type=int, help="epoch (1-based) from which --switch-ste is used")
+    p.add_argument("--checkpoint-dir", help="save state here every epoch; resume from it if present")
+    p.add_argument("--out", help="also write the JSON summary to this file")
+    p.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from .spec import RunSpec, SpecError
+    from .train import train
+
+    fields = ("model", "dataset", "ste", "bits", "epochs", "batch_size", "lr", "momentum",
+              "weight_decay", "milestones", "gamma", "seed", "device", "data_dir", "limit", "alpha",
+              "alpha_scale", "init_from", "switch_ste", "switch_ste_at")
+    try:
+        spec = RunSpec(**{f: getattr(args, f) for f in fields}).resolved()
+    except SpecError as e:
+        print(f"stetune train: error: {e}", file=sys.stderr)
+        return 2
+    print(f"training {spec.model} on {spec.dataset}: bits={spec.bits} ste={spec.ste} "
+          f"epochs={spec.epochs} batch={spec.batch_size} lr={spec.lr} milestones={spec.milestones}",
+          file=sys.stderr)
+
+    def report(m: dict) -> None:
+        print(f"epoch {m['epoch']:>3}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.2%}  "
+              f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.2%}  lr {m['lr']:.3g}  "
+              f"|g| {m['grad_norm']:.3f}  {m['epoch_time']:.1f}s  [{m['status']}]",
+              file=sys.stderr, flush=True)
+
+    from .data import DatasetNotFoundError
+
+    try:
+        result = train(spec, report, checkpoint_dir=args.checkpoint_dir,
+                       progress=not args.no_progress and sys.stderr.isatty())
+    except (DatasetNotFoundError, FileNotFoundError) as e:
+        print(f"stetune train: error: {e}", file=sys.stderr)
+        return 1
+    summary = {"status": result.status, "epochs_run": result.epochs_run,
+               "best_val_acc": result.best_val_acc, "final": result.metrics,
+               "epoch_time_mean": sum(h["epoch_time"] for h in result.history) / max(1, len(result.history)),
+               "spec": result.spec, "code": result.code}
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="time training steps: quantized (each STE) vs float ReLU",
+        description="Time training steps (forward, backward, SGD step) of each model with quantized "
+                    "activations, for every STE, against the same model with float ReLU, same loop "
+                    "and batch. Rounds are interleaved; medians are reported with the quantized/float "
+                    "ratio.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["lenet5", "resnet20"], help="models to time")
+    p.add_argument("--bits", type=_bits, default=2, help="activation bits of the quantized runs")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size")
+    p.add_argument("--steps", type=int, default=10, help="training steps per timing")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median taken)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--json", help="also write the rows as JSON to this file")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args) -> int:
+    from .bench import format_rows, run_bench
+    from .models import list_models
+
+    bad = [m for m in args.models if m not in list_models()]
+    if bad:
+        print(f"stetune bench: error: models must be among {list_models()}, but got {bad}", file=sys.stderr)
+        return 2
+    rows = run_bench(args.models, bits=args.bits, batch_size=args.batch_size, steps=args.steps,
+                     rounds=args.rounds, device=args.device)
+    print(format_rows(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stetune",
+        description="Train and sweep activation-quantized networks with straight-through estimators "
+                    "(identity, ReLU, clipped ReLU), after Yin et al., ICLR 2019.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"stetune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_bench(sub)
+    from .theory.cli import add_parser as add_theory
+
+    add_theory(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

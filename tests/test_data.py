@@ -1,0 +1,259 @@
+"""Tests for stetune.data. Offline: on-disk formats are written by the tests themselves."""
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stetune.data import (
+    DATASETS,
+    Dataset,
+    DatasetNotFoundError,
+    _read_idx,
+    augment_batch,
+    batch_indices,
+    load_dataset,
+)
+
+IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    # never let a developer's STETUNE_DATA or system datasets leak into tests that don't ask for them
+    monkeypatch.delenv("STETUNE_DATA", raising=False)
+    monkeypatch.setenv("STETUNE_SYSTEM_DATASETS", str(tmp_path / "no-system-datasets"))
+
+
+def write_idx(path: Path, arr: np.ndarray) -> None:
+    """Write uint8 `arr` in IDX format (magic 0x00 0x00 0x08 ndim, big-endian u32 dims), gzipped if path ends .gz."""
+    header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
+    with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def tiny_mnist(seed=0, n_train=12, n_val=5):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_train, dtype=np.uint8),
+            rng.integers(0, 256, (n_val, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_val, dtype=np.uint8))
+
+
+def expected_normalised(x_train_u8, x_u8):
+    """What load_dataset should produce from uint8 (N, C, H, W) data: train-split per-channel standardisation."""
+    ref = torch.from_numpy(x_train_u8).float() / 255
+    mean, std = ref.mean(dim=(0, 2, 3), keepdim=True), ref.std(dim=(0, 2, 3), keepdim=True)
+    return (torch.from_numpy(x_u8).float() / 255 - mean) / std
+
+
+def check_exact(ds: Dataset, x_tr, y_tr, x_va, y_va):
+    """ds holds exactly the uint8 arrays (N, C, H, W) and labels, in order."""
+    torch.testing.assert_close(ds.x_train, expected_normalised(x_tr, x_tr), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ds.x_val, expected_normalised(x_tr, x_va), rtol=1e-5, atol=1e-5)
+    assert torch.equal(ds.y_train, torch.from_numpy(y_tr).long())
+    assert torch.equal(ds.y_val, torch.from_numpy(y_va).long())
+
+
+def check_common(ds: Dataset, channels: int, size: int):
+    for x in (ds.x_train, ds.x_val):
+        assert x.dtype == torch.float32 and x.is_contiguous() and x.shape[1:] == (channels, size, size)
+    for y in (ds.y_train, ds.y_val):
+        assert y.dtype == torch.int64 and 0 <= y.min() and y.max() < ds.num_classes
+    assert (ds.in_channels, ds.image_size, ds.num_classes) == (channels, size, 10)
+    assert len(ds.x_train) == len(ds.y_train) and len(ds.x_val) == len(ds.y_val)
+
+
+# -----------------------------------------------------------------------------
+# in-memory datasets
+
+
+def test_digits():
+    ds = load_dataset("digits")
+    check_common(ds, 1, 28)
+    assert (len(ds.x_train), len(ds.x_val)) == (1437, 360)
+    assert set(ds.y_train.tolist()) == set(range(10)) and not ds.augment
+    assert abs(ds.x_train.mean().item()) < 1e-4 and abs(ds.x_train.std().item() - 1) < 1e-3
+    # the split is a permutation of all 1797 images, and depends on the seed
+    other = load_dataset("digits", seed=1)
+    assert not torch.equal(ds.y_train, other.y_train)
+    assert sorted(ds.y_train.tolist() + ds.y_val.tolist()) == sorted(other.y_train.tolist() + other.y_val.tolist())
+
+
+def test_synthetic_deterministic():
+    a, b, c = load_dataset("synthetic", seed=3), load_dataset("synthetic", seed=3), load_dataset("synthetic", seed=4)
+    check_common(a, 1, 28)
+    assert (len(a.x_train), len(a.x_val)) == (512, 128)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_val, b.y_val)
+    assert not torch.equal(a.x_train, c.x_train)
+    # learnable: nearest class mean (from train) beats chance by far on val
+    means = torch.stack([a.x_train[a.y_train == k].mean(0) for k in range(10)]).flatten(1)
+    pred = torch.cdist(a.x_val.flatten(1), means).argmin(1)
+    assert (pred == a.y_val).float().mean() > 0.5
+
+
+def test_limit():
+    ds = load_dataset("synthetic", limit=7)
+    assert (len(ds.x_train), len(ds.x_val)) == (7, 7)
+    torch.testing.assert_close(ds.y_train, load_dataset("synthetic").y_train[:7])
+    with pytest.raises(ValueError, match="limit"):
+        load_dataset("synthetic", limit=0)
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match=r"dataset must be one of .*but got dataset='foo'"):
+        load_dataset("foo")
+    assert DATASETS == ("mnist", "fashion-mnist", "cifar10", "digits", "synthetic")
+
+
+# -----------------------------------------------------------------------------
+# on-disk formats
+
+
+def test_read_idx_gz_and_plain(tmp_path):
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    for name in ("a.gz", "a"):
+        write_idx(tmp_path / name, arr)
+        out = _read_idx(tmp_path / name)
+        assert out.dtype == np.uint8 and np.array_equal(out, arr)
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x08\x01" + b"\x00" * 8)
+    with pytest.raises(ValueError, match="magic"):
+        _read_idx(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("subdir", ["fashion-mnist", ".", "FashionMNIST/raw"])
+def test_fashion_mnist_idx_round_trip(tmp_path, subdir):
+    x_tr, y_tr, x_va, y_va = tiny_mnist()
+    folder = tmp_path / subdir
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arr in zip(IDX_NAMES, (x_tr, y_tr, x_va, y_va)):
+        write_idx(folder / f"{name}.gz", arr)
+    ds = load_dataset("fashion-mnist", data_dir=tmp_path, download=False)
+    check_common(ds, 1, 28)
+    check_exact(ds, x_tr[:, None], y_tr, x_va[:, None], y_va)
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_system(tmp_path, monkeypatch):
+    monkeypatch.setenv("STETUNE_SYSTEM_DATASETS", str(DEBIAN_FASHION.parent))
+    # full counts from the headers, then a limited load to keep the test quick
+    assert _read_idx(DEBIAN_FASHION / "train-labels-idx1-ubyte.gz").shape == (60000,)
+    assert _read_idx(DEBIAN_FASHION / "t10k-images-idx3-ubyte.gz").shape == (10000, 28, 28)
+    ds = load_dataset("fashion-mnist", data_dir=tmp_path / "empty", download=False, limit=1000)
+    check_common(ds, 1, 28)
+    assert (len(ds.x_train), len(ds.x_val)) == (1000, 1000) and not ds.augment
+    assert set(ds.y_train.tolist()) == set(range(10))
+
+
+def test_mnist_torchvision_offline(tmp_path):
+    # torchvision 0.29's MNIST._check_exists wants the uncompressed IDX files in <root>/MNIST/raw
+    x_tr, y_tr, x_va, y_va = tiny_mnist(seed=1)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, arr in zip(IDX_NAMES, (x_tr, y_tr, x_va, y_va)):
+        write_idx(raw / name, arr)
+    ds = load_dataset("mnist", data_dir=tmp_path, download=False)
+    check_common(ds, 1, 28)
+    check_exact(ds, x_tr[:, None], y_tr, x_va[:, None], y_va)
+
+
+@pytest.mark.parametrize("key", [lambda k: k.encode(), str], ids=["bytes-keys", "str-keys"])
+def test_cifar10_offline(tmp_path, key):
+    # cifar-10-batches-py: pickled dicts with "data" uint8 (N, 3072) in CHW order and "labels" a list of ints
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data, labels = rng.integers(0, 256, (3, 3072), dtype=np.uint8), rng.integers(0, 10, 3).tolist()
+        batches[name] = data, labels
+        (folder / name).write_bytes(pickle.dumps({key("data"): data, key("labels"): labels}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({key("label_names"): [f"c{i}" for i in range(10)]}))
+
+    ds = load_dataset("cifar10", data_dir=tmp_path, download=False)
+    check_common(ds, 3, 32)
+    assert ds.augment and (len(ds.x_train), len(ds.x_val)) == (15, 3)
+    x_tr = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)]).reshape(-1, 3, 32, 32)
+    y_tr = np.concatenate([batches[f"data_batch_{i}"][1] for i in range(1, 6)])
+    x_va, y_va = batches["test_batch"][0].reshape(-1, 3, 32, 32), np.array(batches["test_batch"][1])
+    check_exact(ds, x_tr, y_tr, x_va, y_va)
+
+
+@pytest.mark.parametrize("name,where", [("mnist", "MNIST/raw"), ("fashion-mnist", "FashionMNIST/raw"),
+                                        ("cifar10", "cifar-10-batches-py")])
+def test_missing_offline(tmp_path, name, where):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset(name, data_dir=empty, download=False)
+    msg = str(info.value)
+    assert name in msg and str(empty / where) in msg and "network access" in msg
+    assert isinstance(info.value, FileNotFoundError)
+    if name == "fashion-mnist":  # every place looked, and the Debian package
+        assert str(empty / "fashion-mnist") in msg and str(tmp_path / "no-system-datasets" / "fashion-mnist") in msg
+        assert "apt-get install dataset-fashion-mnist" in msg
+
+
+def test_default_data_dir_from_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("STETUNE_DATA", str(tmp_path / "from-env"))
+    with pytest.raises(DatasetNotFoundError, match="from-env"):
+        load_dataset("mnist", download=False)
+
+
+# -----------------------------------------------------------------------------
+# augmentation and batching
+
+
+def test_augment_batch_is_shift_and_flip():
+    pad, n = 4, 24
+    x = torch.randn(n, 2, 9, 11)
+    out = augment_batch(x, torch.Generator().manual_seed(0), pad=pad)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    torch.testing.assert_close(out, augment_batch(x, torch.Generator().manual_seed(0), pad=pad), rtol=0, atol=0)
+    assert not torch.equal(out, augment_batch(x, torch.Generator().manual_seed(1), pad=pad))
+
+    # every output image is some crop of the zero-padded input, possibly flipped
+    xp = F.pad(x, (pad,) * 4)
+    h, w = x.shape[-2:]
+    for k in range(n):
+        candidates = [crop.flip(-1) if flip else crop
+                      for dy in range(2 * pad + 1) for dx in range(2 * pad + 1) for flip in (False, True)
+                      for crop in [xp[k, :, dy:dy + h, dx:dx + w]]]
+        assert any(torch.equal(out[k], c) for c in candidates), k
+
+
+def test_augment_batch_flip_rate_and_no_pad():
+    x = torch.arange(5.0).expand(1000, 1, 1, 5).contiguous()  # pad=0: only flips change the image
+    out = augment_batch(x, torch.Generator().manual_seed(0), pad=0)
+    flipped = (out == x.flip(-1)).all(dim=(1, 2, 3))
+    assert ((out == x).all(dim=(1, 2, 3)) | flipped).all()
+    assert 400 < flipped.sum() < 600
+    assert torch.equal(x, torch.arange(5.0).expand(1000, 1, 1, 5))  # the input is left alone
+
+
+def test_batch_indices():
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    batches = batch_indices(10, 3, g())
+    assert [len(b) for b in batches] == [3, 3, 3, 1]
+    assert sorted(torch.cat(batches).tolist()) == list(range(10))
+    assert torch.cat(batches).tolist() != list(range(10))
+    assert all(torch.equal(a, b) for a, b in zip(batches, batch_indices(10, 3, g())))
+    assert [len(b) for b in batch_indices(10, 3, g(), drop_last=True)] == [3, 3, 3]
+    assert [len(b) for b in batch_indices(9, 3, g(), drop_last=True)] == [3, 3, 3]
+    assert torch.cat(batch_indices(7, 4, None, shuffle=False)).tolist() == list(range(7))
+    assert batch_indices(0, 4, g()) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        batch_indices(10, 0, g())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_with_cpu_generator():
+    ds = load_dataset("synthetic", device="cuda", limit=64)
+    assert ds.x_train.is_cuda and ds.y_val.is_cuda
+    out = augment_batch(ds.x_train, torch.Generator().manual_seed(0))
+    assert out.is_cuda
+    torch.testing.assert_close(out.cpu(), augment_batch(ds.x_train.cpu(), torch.Generator().manual_seed(0)))
+    assert batch_indices(64, 16, torch.Generator().manual_seed(0), device="cuda")[0].is_cuda

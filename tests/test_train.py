@@ -1,0 +1,130 @@
+"""The training loop: reports, resume, divergence, STE switch, input validation, isolation."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from stetune.models import create_model
+from stetune.spec import RunSpec, SpecError
+from stetune.train import train
+
+QUICK = dict(dataset="synthetic", epochs=3, batch_size=64, lr=0.05, limit=256)
+
+
+def test_reports_every_epoch_with_the_documented_metrics():
+    seen = []
+    result = train(RunSpec(**QUICK), seen.append)
+    assert result.status == "finished" and result.epochs_run == 3 and len(seen) == 3
+    keys = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "grad_norm",
+            "epoch_time", "ste", "status", "sat/act1", "sat/act2", "sat/act3", "sat/act4"}
+    assert keys <= set(seen[0])
+    assert [m["epoch"] for m in seen] == [1, 2, 3]
+    assert all(0 <= m["sat/act1"] <= 1 for m in seen)
+    assert seen[-1]["train_loss"] < seen[0]["train_loss"]
+    assert result.spec["milestones"] == [1, 2] and result.code["stetune"]
+    # milestone schedule: lr x0.1 after epochs 1 and 2
+    assert [m["lr"] for m in seen] == pytest.approx([0.05, 0.005, 0.0005])
+
+
+def test_float_run_has_no_saturation_metrics():
+    result = train(RunSpec(**dict(QUICK, epochs=1, bits="float")))
+    assert not any(k.startswith("sat/") for k in result.metrics)
+
+
+def test_same_seed_same_result_on_cpu():
+    a = train(RunSpec(**QUICK, device="cpu"))
+    b = train(RunSpec(**QUICK, device="cpu"))
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+
+
+def _final_weights(ckpt_dir):
+    return torch.load(ckpt_dir / "checkpoint.pt", weights_only=False)["model"]
+
+
+def test_resume_is_bit_exact(tmp_path):
+    spec = RunSpec(**dict(QUICK, epochs=4, dataset="digits", limit=300, milestones=[2, 3]))
+    train(spec, checkpoint_dir=tmp_path / "full")
+
+    class Interrupt(Exception):
+        pass
+
+    def crash_after_2(m):
+        if m["epoch"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(spec, crash_after_2, checkpoint_dir=tmp_path / "cut")
+    resumed = []
+    result = train(spec, resumed.append, checkpoint_dir=tmp_path / "cut")
+    assert [m["epoch"] for m in resumed] == [3, 4] and result.epochs_run == 4
+    assert len(result.history) == 4
+    full, cut = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "cut")
+    assert full.keys() == cut.keys()
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_nan_loss_ends_the_run_as_diverged(tmp_path):
+    model = create_model("lenet5", bits=2)
+    state = model.state_dict()
+    state["fc3.weight"][0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    seen = []
+    result = train(RunSpec(**QUICK, init_from=str(tmp_path / "nan.pt")), seen.append)
+    assert result.status == "diverged" and result.epochs_run == 1
+    assert seen[-1]["status"] == "diverged" and seen[-1]["train_loss"] != seen[-1]["train_loss"]
+
+
+def test_ste_switch_at_epoch():
+    seen = []
+    train(RunSpec(**QUICK, ste="clipped_relu", switch_ste="identity", switch_ste_at=2), seen.append)
+    assert [m["ste"] for m in seen] == ["clipped_relu", "identity", "identity"]
+
+
+def test_init_from_float_checkpoint(tmp_path):
+    train(RunSpec(**dict(QUICK, bits="float", epochs=2)), checkpoint_dir=tmp_path / "fp")
+    seen = []
+    train(RunSpec(**dict(QUICK, epochs=1), init_from=str(tmp_path / "fp" / "checkpoint.pt")), seen.append)
+    scratch = train(RunSpec(**dict(QUICK, epochs=1)))
+    assert seen[0]["val_acc"] != scratch.metrics["val_acc"]  # it really started elsewhere
+    with pytest.raises(FileNotFoundError, match="init_from must be an existing checkpoint"):
+        train(RunSpec(**QUICK, init_from=str(tmp_path / "missing.pt")))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(model="alexnet"), "model must be one of .* but got model='alexnet'"),
+    (dict(dataset="imagenet"), "dataset must be one of .* but got dataset='imagenet'"),
+    (dict(ste="sigmoid"), "ste must be one of .* but got ste='sigmoid'"),
+    (dict(bits=0), r"bits must be in 1..8 or 'float', but got bits=0"),
+    (dict(bits=9), r"bits must be in 1..8 or 'float', but got bits=9"),
+    (dict(lr=0.0), "lr must be > 0, but got lr=0.0"),
+    (dict(lr=-1.0), "lr must be > 0, but got lr=-1.0"),
+    (dict(epochs=0), "epochs must be an int >= 1, but got epochs=0"),
+    (dict(batch_size=0), "batch_size must be an int >= 1, but got batch_size=0"),
+    (dict(momentum=1.0), r"momentum must be in \[0, 1\), but got momentum=1.0"),
+    (dict(milestones=[3, 2]), "milestones must be increasing"),
+    (dict(switch_ste="relu"), "switch_ste and switch_ste_at must be given together"),
+    (dict(device="tpu"), "device must be auto, cpu"),
+])
+def test_bad_input_names_the_field(kwargs, message):
+    with pytest.raises(SpecError, match=message):
+        RunSpec(**kwargs)
+
+
+def test_unknown_spec_keys_are_errors():
+    with pytest.raises(SpecError, match=r"unknown \['lr_typo'\]"):
+        RunSpec.from_dict({"lr_typo": 0.1})
+
+
+def test_importing_the_trainer_loads_neither_ray_nor_mlflow():
+    code = ("import sys, stetune.train, stetune.cli; "
+            "bad = [m for m in ('ray', 'mlflow') if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_result_is_json_serialisable():
+    result = train(RunSpec(**dict(QUICK, epochs=1)))
+    json.dumps(result.to_dict())

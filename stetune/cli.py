@@ -1,4 +1,4 @@
-"""The `stetune` command: train, bench, theory."""
+"""The `stetune` command: train, bench, theory, sweep, resume, submit, status, logs."""
 
 from __future__ import annotations
 
@@ -132,6 +132,125 @@ def _run_bench(args) -> int:
     return 0
 
 
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="run a sweep spec on Ray Tune (local Ray, or --address of a cluster)",
+        description="Run a YAML sweep spec: optional float pre-training, an equal Optuna TPE budget "
+                    "for every (STE, bits) cell with ASHA early stopping, then the best config of "
+                    "each cell re-run with the replicate seeds. Every trial is an MLflow run.")
+    p.add_argument("spec", help="sweep spec YAML (see sweeps/)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set epochs=2 --set budget.trials_per_cell=1")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--quiet", action="store_true", help="no Ray progress table")
+    p.set_defaults(func=_run_sweep)
+
+    r = sub.add_parser("resume", help="resume an interrupted sweep by name",
+                       description="Restore an interrupted sweep (trials, searcher state, "
+                                   "checkpoints) and run it to the end; MLflow runs are reused.")
+    r.add_argument("name", help="the sweep's name")
+    r.add_argument("--storage", default="runs", help="the sweep's storage directory")
+    r.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    r.add_argument("--quiet", action="store_true", help="no Ray progress table")
+    r.set_defaults(func=_run_resume)
+
+    j = sub.add_parser("submit", help="submit a sweep to a Ray cluster through the Jobs API",
+                       description="Ship the spec and the stetune source to a Ray cluster as a Ray "
+                                   "job and print its id. Token auth: set RAY_AUTH_TOKEN as for any "
+                                   "Ray client. Give the spec an absolute storage path on the "
+                                   "cluster and an MLflow server as tracking_uri.")
+    j.add_argument("spec", help="sweep spec YAML")
+    j.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+    j.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field")
+    j.set_defaults(func=_run_submit)
+    for name, helptext in (("status", "a submitted job's status"), ("logs", "a submitted job's logs")):
+        q = sub.add_parser(name, help=helptext, description=f"Print {helptext}.")
+        q.add_argument("job", help="job id printed by stetune submit")
+        q.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+        q.set_defaults(func=_run_job_query, query=name)
+
+
+def _load_spec(path: str, sets: list[str], command: str):
+    from .spec import SpecError, load_sweep_spec
+
+    try:
+        return load_sweep_spec(path, sets)
+    except SpecError as e:
+        print(f"stetune {command}: error: {e}", file=sys.stderr)
+        return None
+
+
+def _finish_sweep(spec, state: dict) -> int:
+    from .sweep import summary_rows
+
+    rows = summary_rows(spec, state)
+    metric = f"best_{spec.metric}"
+    print(f"\n{'cell':<18} {'trials':>6} {'div':>4} {'pruned':>6} {metric:>14} {'replicates val_acc':>22}  best params")
+    for r in rows:
+        std = r["replicate_val_acc_std"]
+        rep = (f"{r['replicate_val_acc_mean']:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+               + f" (n={r['replicates']})" if r["replicates"] else "-")
+        best = f"{r[metric]:.4f}" if r[metric] is not None else "-"
+        print(f"{r['cell']:<18} {r['trials']:>6} {r['diverged']:>4} {r['pruned']:>6} {best:>14} {rep:>22}  {r['params']}")
+    uri = spec.resolved_tracking_uri()
+    ui = (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:")
+          else f"open {uri} in a browser")
+    print(f"\nbrowse it: {ui}   (experiment '{spec.resolved_experiment()}')")
+    return 0
+
+
+def _run_sweep(args) -> int:
+    spec = _load_spec(args.spec, args.sets, "sweep")
+    if spec is None:
+        return 2
+    from .sweep import run_sweep
+
+    try:
+        state = run_sweep(spec, address=args.address, verbose=0 if args.quiet else 1)
+    except FileExistsError as e:
+        print(f"stetune sweep: error: {e}", file=sys.stderr)
+        return 2
+    return _finish_sweep(spec, state)
+
+
+def _run_resume(args) -> int:
+    from pathlib import Path
+
+    from .spec import SweepSpec
+
+    saved = Path(args.storage).expanduser().resolve() / args.name / "spec.json"
+    if not saved.exists():
+        print(f"stetune resume: error: no sweep named '{args.name}' in {saved.parent.parent}",
+              file=sys.stderr)
+        return 2
+    spec = SweepSpec.from_dict(json.loads(saved.read_text()))
+    from .sweep import run_sweep
+
+    return _finish_sweep(spec, run_sweep(spec, address=args.address, resume=True,
+                                         verbose=0 if args.quiet else 1))
+
+
+def _run_submit(args) -> int:
+    spec = _load_spec(args.spec, args.sets, "submit")
+    if spec is None:
+        return 2
+    from .sweep.jobs import submit
+
+    job_id = submit(spec, args.address)
+    print(job_id)
+    print(f"follow it: stetune status {job_id} --address {args.address}; "
+          f"stetune logs {job_id} --address {args.address}", file=sys.stderr)
+    return 0
+
+
+def _run_job_query(args) -> int:
+    from .sweep.jobs import job_logs, job_status
+
+    print(job_status(args.address, args.job) if args.query == "status" else job_logs(args.address, args.job))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stetune",
@@ -143,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_bench(sub)
+    _add_sweep(sub)
     from .theory.cli import add_parser as add_theory
 
     add_theory(sub)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .data import DATASETS
-from .quant import list_stes, parse_bits
+from ..data import DATASETS
+from ..quant import list_stes, parse_bits
 
 __all__ = ["RunSpec", "MODEL_DEFAULTS", "SpecError"]
 
@@ -52,7 +52,7 @@ class RunSpec:
 
     # -- validation: every rule names its field ------------------------------------------------
     def validate(self) -> "RunSpec":
-        from .models import list_models
+        from ..models import list_models
 
         def fail(msg: str):
             raise SpecError(msg)

@@ -1,0 +1,107 @@
+"""Tune callbacks on the driver: trial lifecycle -> MLflow runs, and a one-line summary per cell.
+
+They run in the driver process, so every MLflow write comes from one place (no sqlite write
+contention) and workers on other nodes need no shared filesystem: their metrics travel to the
+driver through Tune's own result channel."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import defaultdict
+
+from ray.tune import Callback
+
+from ..tracking import SweepTracker
+from .cells import cell_key
+
+__all__ = ["TrackingCallback", "CellProgress", "trial_status", "register_tracker"]
+
+# The driver's open trackers by (uri, experiment, sweep). Callbacks restored by Tuner.restore are
+# unpickled copies; they find the driver's tracker here instead of opening a second one.
+_TRACKERS: dict[tuple[str, str, str], SweepTracker] = {}
+
+
+def register_tracker(tracker: SweepTracker, tracking_uri: str, experiment: str, sweep_name: str) -> None:
+    _TRACKERS[(tracking_uri, experiment, sweep_name)] = tracker
+
+
+def trial_status(last: dict | None, epochs: int, errored: bool = False) -> str:
+    """finished | diverged | pruned (stopped early by ASHA) | failed."""
+    if errored:
+        return "failed"
+    if not last:
+        return "failed"
+    if last.get("status") == "diverged":
+        return "diverged"
+    return "finished" if last.get("epoch", 0) >= epochs else "pruned"
+
+
+class TrackingCallback(Callback):
+    """Maps each Tune trial to one MLflow child run of the sweep's parent run. Picklable (Tune
+    saves it with the experiment); after a restore it uses the driver's registered tracker, which
+    finds the runs it already made by trial id, so a resumed sweep duplicates nothing."""
+
+    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, phase: str, epochs: int):
+        self.args = (tracking_uri, experiment, sweep_name)
+        self.phase, self.epochs = phase, epochs
+        self._tracker: SweepTracker | None = None
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_tracker"} | {"_tracker": None}
+
+    @property
+    def tracker(self) -> SweepTracker:
+        if self._tracker is None:
+            self._tracker = _TRACKERS[self.args]
+        return self._tracker
+
+    def key(self, trial) -> str:
+        return f"{self.phase}-{trial.trial_id}"
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        cfg = trial.config.get("cfg", trial.config)
+        params = dict(cfg.get("params", {}), seed=cfg.get("seed", 0))
+        tags = {"stetune.ste": cfg["ste"], "stetune.bits": str(cfg["bits"]),
+                "stetune.cell": cell_key(trial.config), "stetune.phase": self.phase}
+        self.tracker.trial_run(self.key(trial), params=params, tags=tags)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.tracker.log_epoch(self.key(trial), result, step=int(result.get("epoch", iteration)))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        self.tracker.end_trial(self.key(trial), trial_status(last, self.epochs), _finals(last))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.tracker.end_trial(self.key(trial), "failed", _finals(trial.last_result or {}))
+
+
+def _finals(last: dict) -> dict:
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch")
+    return {k: last[k] for k in keys if isinstance(last.get(k), (int, float))}
+
+
+class CellProgress(Callback):
+    """Prints one line per cell each time one of its trials ends."""
+
+    def __init__(self, phase: str, metric: str, mode: str, epochs: int, per_cell: int):
+        self.phase, self.metric, self.mode, self.epochs, self.per_cell = phase, metric, mode, epochs, per_cell
+        self.done: dict[str, list] = defaultdict(list)
+
+    def _line(self, trial, status: str) -> None:
+        cell = cell_key(trial.config)
+        value = (trial.last_result or {}).get(self.metric, float("nan"))
+        self.done[cell].append((status, value))
+        vals = [v for _, v in self.done[cell] if isinstance(v, float) and math.isfinite(v)]
+        best = (max if self.mode == "max" else min)(vals) if vals else float("nan")
+        counts = {s: sum(1 for t, _ in self.done[cell] if t == s) for s in ("diverged", "pruned", "failed")}
+        extra = " ".join(f"{n} {s}" for s, n in counts.items() if n)
+        print(f"[{self.phase}] cell {cell}: {len(self.done[cell])}/{self.per_cell} trials done, "
+              f"best {self.metric} {best:.4f} {extra}".rstrip(), file=sys.stderr, flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trial, trial_status(trial.last_result, self.epochs))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, "failed")

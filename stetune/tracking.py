@@ -1,0 +1,335 @@
+"""MLflow tracking for sweeps: one parent run per sweep, one child run per trial.
+
+Every write goes through one explicit MlflowClient owned by the Ray driver (a Tune Callback calls
+this), so workers on other nodes need neither MLflow access nor a shared filesystem, and no global
+`mlflow.start_run` state is touched (the driver tracks many trials at once). All calls are
+idempotent on (sweep, trial_id, step), so a retried trial or a driver restarted with resume=True
+never duplicates runs, params or metric points.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import posixpath
+import re
+import socket
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import (MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH,
+                                     MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH)
+
+from .version import code_version
+
+__all__ = ["SweepTracker", "default_tracking_uri", "flatten", "redact", "TRIAL_STATUSES",
+           "PHASES"]
+
+# Trial status -> MLflow run status. Diverged and pruned trials ran to a decision, so they are
+# FINISHED in MLflow; stetune.status keeps the distinction.
+TRIAL_STATUSES = {"finished": "FINISHED", "diverged": "FINISHED", "pruned": "FINISHED",
+                  "failed": "FAILED"}
+PHASES = ("search", "replicate", "pretrain")
+_SWEEP_STATUSES = ("FINISHED", "FAILED", "KILLED")
+_SECRET = re.compile(r"password|passwd|token|secret|key|credential", re.IGNORECASE)
+_MASK = "***"
+_VERSIONED_PACKAGES = ("torch", "ray", "mlflow", "optuna")
+
+
+def default_tracking_uri(storage: str, sweep_name: str) -> str:
+    """sqlite:///<abs storage>/<sweep_name>/mlflow.db (MLflow's file store raises since 3.13)."""
+    return f"sqlite:///{(Path(storage).expanduser().resolve() / sweep_name / 'mlflow.db')}"
+
+
+def redact(obj, _key: str = ""):
+    """Copy of obj with the value of every secret-looking key replaced by '***', at any depth."""
+    if _key and _SECRET.search(_key):
+        return _MASK
+    if isinstance(obj, dict):
+        return {k: redact(v, str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dict -> {dotted.key: value}; lists/tuples become JSON strings (one param each)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        elif isinstance(v, dict):
+            out[key] = "{}"  # keep the key visible rather than dropping it
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v, default=str)
+        else:
+            out[key] = v
+    return out
+
+
+def _str_items(d: dict, limit: int) -> dict[str, str]:
+    """Flat, redacted, string-valued and length-capped: what MLflow accepts for params and tags."""
+    out = {}
+    for k, v in flatten(redact(d)).items():
+        k = str(k)[:MAX_ENTITY_KEY_LENGTH]
+        v = _MASK if _SECRET.search(k) else str(v)
+        out[k] = v if len(v) <= limit else v[: limit - 3] + "..."  # MLflow rejects longer values
+    return out
+
+
+def _metric_key(key: str) -> str:
+    """A key MLflow accepts: alphanumerics and _ - . / space, no path tricks ('a//b', '../x')."""
+    k = re.sub(r"[^/\w.\- ]", "_", str(key))[:MAX_ENTITY_KEY_LENGTH]
+    if not k or k == "." or posixpath.normpath(k) != k or k.startswith(("..", "/")):
+        k = re.sub(r"[/.]", "_", k) or "_"
+    return k
+
+
+def _as_float(v) -> float | None:
+    """float for numbers (bools, numpy and 0-d torch scalars included); None for anything else."""
+    if isinstance(v, (str, bytes, dict, list, tuple)) or v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _quote(value: str) -> str:
+    # MLflow's filter grammar accepts '...' or "..." but has no escape character.
+    value = str(value)
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"cannot search MLflow for a value with both quote kinds: {value!r}")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _provenance_tags() -> dict[str, str]:
+    """Git commit, package versions and host: enough to tell where and with what a sweep ran."""
+    cv = code_version()
+    tags = {"stetune.version": cv.get("stetune"), "stetune.git_commit": cv.get("git_commit"),
+            "stetune.git_dirty": cv.get("git_dirty"),
+            "mlflow.source.git.commit": cv.get("git_commit"),  # shown by the MLflow UI
+            "host.hostname": socket.gethostname(), "host.platform": platform.platform(),
+            "host.python": sys.version.split()[0], "host.cpu_count": os.cpu_count()}
+    for pkg in _VERSIONED_PACKAGES:
+        try:  # metadata only: importing ray/torch just for a version costs seconds
+            tags[f"version.{pkg}"] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            tags[f"version.{pkg}"] = "not installed"
+    try:
+        import torch
+        if torch.cuda.is_available():
+            tags["host.cuda_device"] = torch.cuda.get_device_name(0)
+            tags["host.cuda_device_count"] = torch.cuda.device_count()
+    except Exception:  # a broken CUDA setup must not stop the sweep from being tracked
+        pass
+    return {k: v for k, v in tags.items() if v is not None}
+
+
+@dataclass
+class _Trial:
+    run_id: str
+    last_step: float | None  # last logged epoch, -inf if none; None: not looked up in MLflow yet
+    ended: bool = False
+
+
+class SweepTracker:
+    """Parent run for a sweep, child runs for its trials, written through one MlflowClient."""
+
+    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str):
+        if not sweep_name:
+            raise ValueError("sweep_name must be non-empty")
+        self.tracking_uri, self.experiment, self.sweep_name = tracking_uri, experiment, sweep_name
+        artifact_location = None
+        if tracking_uri.startswith("sqlite:"):
+            from sqlalchemy.engine import make_url
+            db = make_url(tracking_uri).database
+            if db and db != ":memory:":
+                db_path = Path(db).expanduser().resolve()
+                db_path.parent.mkdir(parents=True, exist_ok=True)
+                # MLflow's default artifact root for a sqlite store is ./mlruns under the *current
+                # directory*; keep artifacts next to the database so the store is self-contained.
+                artifact_location = (db_path.parent / "artifacts").as_uri()
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = self._get_or_create_experiment(experiment, artifact_location)
+        self._parent_run_id: str | None = None
+        self._trials: dict[str, _Trial] = {}
+
+    def _get_or_create_experiment(self, name: str, artifact_location: str | None) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            try:
+                return self.client.create_experiment(name, artifact_location=artifact_location)
+            except MlflowException:  # created concurrently by another driver: use theirs
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+        if exp.lifecycle_stage != "active":
+            raise ValueError(f"experiment {name!r} is deleted; restore it or use another name")
+        return exp.experiment_id
+
+    @property
+    def parent_run_id(self) -> str:
+        if self._parent_run_id is None:
+            raise RuntimeError("start_sweep() has not been called")
+        return self._parent_run_id
+
+    # ---- sweep (parent run) -------------------------------------------------------------------
+
+    def _find_parent(self):
+        runs = self.client.search_runs(
+            [self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
+            filter_string=(f"tags.`stetune.sweep` = {_quote(self.sweep_name)} "
+                           "and tags.`stetune.kind` = 'sweep'"),
+            order_by=["attributes.start_time DESC"])
+        return runs[0] if runs else None
+
+    def start_sweep(self, spec: dict, resume: bool = False) -> str:
+        existing = self._find_parent()
+        if existing is not None and not resume:
+            raise ValueError(f"a sweep named {self.sweep_name!r} already exists in experiment "
+                             f"{self.experiment!r}; use resume or another name")
+        tags = {**_provenance_tags(), "stetune.sweep": self.sweep_name, "stetune.kind": "sweep"}
+        params = _str_items(spec, MAX_PARAM_VAL_LENGTH)
+        if existing is None:
+            run = self.client.create_run(self.experiment_id, run_name=self.sweep_name,
+                                         tags={"stetune.sweep": self.sweep_name,
+                                               "stetune.kind": "sweep"})
+            run_id = run.info.run_id
+        else:
+            run_id = existing.info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            tags["stetune.resumes"] = int(existing.data.tags.get("stetune.resumes", 0)) + 1
+            old = existing.data.params
+            changed = sorted(k for k in params if k in old and old[k] != params[k])
+            if changed:  # MLflow params are immutable: keep the originals, say so
+                warnings.warn(f"sweep {self.sweep_name!r} resumed with a changed spec; params "
+                              f"{changed} keep their first values (see spec.yaml history)")
+            params = {k: v for k, v in params.items() if k not in old}
+        self._parent_run_id = run_id
+        self._log_batch(run_id, params=params, tags=_str_items(tags, MAX_TAG_VAL_LENGTH))
+        # Same redaction as the params: the artifact must not leak what the params hide.
+        self.client.log_text(run_id, yaml.safe_dump(redact(spec), sort_keys=False), "spec.yaml")
+        return run_id
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        if Path(local_path).is_dir():
+            self.client.log_artifacts(self.parent_run_id, local_path, artifact_path)
+        else:
+            self.client.log_artifact(self.parent_run_id, local_path, artifact_path)
+
+    def end_sweep(self, status: str = "FINISHED") -> None:
+        if status not in _SWEEP_STATUSES:
+            raise ValueError(f"sweep status must be one of {_SWEEP_STATUSES}, got {status!r}")
+        self.client.set_terminated(self.parent_run_id, status=status)
+
+    # ---- trials (child runs) ------------------------------------------------------------------
+
+    def _find_trial_run(self, trial_id: str):
+        runs = self.client.search_runs(
+            [self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=2,
+            filter_string=(f"tags.`stetune.trial_id` = {_quote(trial_id)} "
+                           f"and tags.`mlflow.parentRunId` = {_quote(self.parent_run_id)}"),
+            order_by=["attributes.start_time ASC"])  # oldest first: the one a resume must reuse
+        return runs[0] if runs else None
+
+    def trial_run(self, trial_id: str, *, params: dict, tags: dict) -> str:
+        trial_id = str(trial_id)
+        cached = self._trials.get(trial_id)
+        if cached is not None:
+            if cached.ended:  # a retried trial runs again
+                self.client.update_run(cached.run_id, status="RUNNING")
+                cached.ended = False
+            return cached.run_id
+        phase = tags.get("stetune.phase")
+        if phase is not None and phase not in PHASES:
+            raise ValueError(f"stetune.phase must be one of {PHASES}, got {phase!r}")
+        want_params = _str_items(params, MAX_PARAM_VAL_LENGTH)
+        want_tags = _str_items(tags, MAX_TAG_VAL_LENGTH)
+        run = self._find_trial_run(trial_id)
+        if run is None:
+            run = self.client.create_run(
+                self.experiment_id, run_name=trial_id,
+                tags={"stetune.trial_id": trial_id, "mlflow.parentRunId": self.parent_run_id,
+                      "stetune.sweep": self.sweep_name, "stetune.kind": "trial"})
+            trial = _Trial(run.info.run_id, last_step=-math.inf)  # fresh run: nothing logged
+            old_params, old_tags = {}, {}
+        else:
+            trial = _Trial(run.info.run_id, last_step=None)
+            if run.info.status != "RUNNING":
+                self.client.update_run(trial.run_id, status="RUNNING")
+            old_params, old_tags = run.data.params, run.data.tags
+        # Only what is missing or changed: a second call never re-sends (or conflicts on) params.
+        self._log_batch(trial.run_id,
+                        params={k: v for k, v in want_params.items() if k not in old_params},
+                        tags={k: v for k, v in want_tags.items() if old_tags.get(k) != v})
+        self._trials[trial_id] = trial
+        return trial.run_id
+
+    def _trial(self, trial_id: str) -> _Trial:
+        trial_id = str(trial_id)
+        trial = self._trials.get(trial_id)
+        if trial is None:  # driver restarted: the run exists in MLflow, the cache does not
+            run = self._find_trial_run(trial_id)
+            if run is None:
+                raise KeyError(f"no MLflow run for trial {trial_id!r}; call trial_run() first")
+            trial = self._trials[trial_id] = _Trial(run.info.run_id, last_step=None,
+                                                    ended=run.info.status != "RUNNING")
+        if trial.last_step is None:
+            history = self.client.get_metric_history(trial.run_id, "epoch")
+            trial.last_step = max((m.step for m in history), default=-math.inf)
+        return trial
+
+    def log_epoch(self, trial_id: str, metrics: dict, step: int) -> None:
+        trial = self._trial(trial_id)
+        step = int(step)
+        if step <= trial.last_step:  # re-reported after a retry/resume: already in the history
+            return
+        ts = _now_ms()
+        values = {_metric_key(k): f for k, v in metrics.items() if (f := _as_float(v)) is not None}
+        values["epoch"] = float(step)  # the resume marker: its history gives the last step
+        self._log_batch(trial.run_id, metrics=[Metric(k, v, ts, step) for k, v in values.items()])
+        trial.last_step = step
+
+    def end_trial(self, trial_id: str, status: str, summary: dict | None = None) -> None:
+        if status not in TRIAL_STATUSES:
+            raise ValueError(f"trial status must be one of {sorted(TRIAL_STATUSES)}, "
+                             f"got {status!r}")
+        trial = self._trial(trial_id)
+        ts, last = _now_ms(), trial.last_step
+        step = int(last) if math.isfinite(last) else 0  # summary sits at the trial's last epoch
+        metrics = [Metric(_metric_key(f"final/{k}"), f, ts, step)
+                   for k, v in (summary or {}).items() if (f := _as_float(v)) is not None]
+        self._log_batch(trial.run_id, metrics=metrics, tags={"stetune.status": status})
+        self.client.set_terminated(trial.run_id, status=TRIAL_STATUSES[status])
+        trial.ended = True
+
+    # ---- batching -----------------------------------------------------------------------------
+
+    def _log_batch(self, run_id: str, *, metrics=(), params: dict | None = None,
+                   tags: dict | None = None) -> None:
+        """One log_batch call when it fits, chunked to MLflow's per-request limits otherwise."""
+        metrics = list(metrics)
+        params = [Param(k, v) for k, v in (params or {}).items()]
+        tags = [RunTag(k, v) for k, v in (tags or {}).items()]
+        n = MAX_PARAMS_TAGS_PER_BATCH  # also below the 1000-metric and 1000-entity limits
+        while metrics or params or tags:
+            self.client.log_batch(run_id, metrics=metrics[:n], params=params[:n], tags=tags[:n])
+            metrics, params, tags = metrics[n:], params[n:], tags[n:]

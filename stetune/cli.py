@@ -132,6 +132,30 @@ def _run_bench(args) -> int:
     return 0
 
 
+def _add_bench_sweep(sub) -> None:
+    p = sub.add_parser(
+        "bench-sweep", help="measure sweep utilisation and per-trial overhead",
+        description="Run a sweep of identical-length LeNet-5 trials on digits on a local Ray and "
+                    "report utilisation = sum of the trials' epoch times / (wall time x slots), and "
+                    "the per-trial overhead (start-up, scheduling, checkpoints, MLflow).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--trials", type=int, default=8, help="number of trials")
+    p.add_argument("--epochs", type=int, default=100, help="epochs per trial (100 ≈ 30 s on one core)")
+    p.add_argument("--slots", type=int, default=2, help="concurrent trials (one CPU each)")
+    p.set_defaults(func=_run_bench_sweep)
+
+
+def _run_bench_sweep(args) -> int:
+    from .sweep.bench import sweep_utilisation
+
+    r = sweep_utilisation(trials=args.trials, epochs=args.epochs, slots=args.slots)
+    print(f"{r['trials']} trials x {r['train_s_per_trial']:.1f} s of training on {r['slots']} slots: "
+          f"wall {r['wall_s']:.1f} s, utilisation {r['utilisation']:.3f}, "
+          f"overhead {r['overhead_s_per_trial']:.2f} s per trial")
+    print(json.dumps(r, indent=2))
+    return 0
+
+
 def _add_sweep(sub) -> None:
     p = sub.add_parser(
         "sweep", help="run a sweep spec on Ray Tune (local Ray, or --address of a cluster)",
@@ -237,7 +261,10 @@ def _run_submit(args) -> int:
         return 2
     from .sweep.jobs import submit
 
-    job_id = submit(spec, args.address)
+    try:
+        job_id = submit(spec, args.address)
+    except _job_client_errors() as e:
+        return _job_error("submit", e)
     print(job_id)
     print(f"follow it: stetune status {job_id} --address {args.address}; "
           f"stetune logs {job_id} --address {args.address}", file=sys.stderr)
@@ -247,8 +274,30 @@ def _run_submit(args) -> int:
 def _run_job_query(args) -> int:
     from .sweep.jobs import job_logs, job_status
 
-    print(job_status(args.address, args.job) if args.query == "status" else job_logs(args.address, args.job))
+    try:
+        out = job_status(args.address, args.job) if args.query == "status" else job_logs(args.address, args.job)
+    except _job_client_errors() as e:
+        return _job_error(args.query, e)
+    print(out)
     return 0
+
+
+def _job_client_errors() -> tuple[type[BaseException], ...]:
+    """What Ray's JobSubmissionClient raises for a refused or failed request: AuthenticationError
+    (401/403), ConnectionError (no dashboard there), RuntimeError (other HTTP errors, e.g. 404)."""
+    from ray.exceptions import AuthenticationError
+
+    return AuthenticationError, ConnectionError, RuntimeError
+
+
+def _job_error(command: str, e: BaseException) -> int:
+    from ray.exceptions import AuthenticationError
+
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # Ray appends a long how-to
+    hint = (" (set RAY_AUTH_TOKEN to the cluster's token)" if isinstance(e, AuthenticationError)
+            else "")
+    print(f"stetune {command}: error: {first}{hint}", file=sys.stderr)
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_bench(sub)
     _add_sweep(sub)
+    _add_bench_sweep(sub)
     from .theory.cli import add_parser as add_theory
 
     add_theory(sub)

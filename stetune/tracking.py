@@ -283,6 +283,26 @@ class SweepTracker:
         self._trials[trial_id] = trial
         return trial.run_id
 
+    def tag_trial(self, trial_id: str, tags: dict) -> None:
+        """Set tags on an existing trial run (e.g. the node a retried trial moved to)."""
+        self._log_batch(self._trial(trial_id).run_id, tags=_str_items(tags, MAX_TAG_VAL_LENGTH))
+
+    def prune_orphans(self, phase: str, keep: set[str]) -> list[str]:
+        """Delete this sweep's `phase` trial runs whose trial id is not in `keep`: runs opened by a
+        driver that was killed before its experiment snapshot recorded the trial. The resumed
+        sweep re-issues that work under new trial ids, so the orphan would be a duplicate."""
+        runs = self.client.search_runs(
+            [self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=50_000,
+            filter_string=(f"tags.`mlflow.parentRunId` = {_quote(self.parent_run_id)} "
+                           f"and tags.`stetune.phase` = {_quote(phase)}"))
+        dropped = [r.data.tags.get("stetune.trial_id", "") for r in runs
+                   if r.data.tags.get("stetune.trial_id") not in keep]
+        for r in runs:
+            if r.data.tags.get("stetune.trial_id") not in keep:
+                self.client.delete_run(r.info.run_id)
+                self._trials.pop(r.data.tags.get("stetune.trial_id", ""), None)
+        return dropped
+
     def _trial(self, trial_id: str) -> _Trial:
         trial_id = str(trial_id)
         trial = self._trials.get(trial_id)

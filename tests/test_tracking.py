@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -172,45 +166,6 @@ def test_secrets_are_masked(sqlite_uri, tmp_path):
     text = Path(client.download_artifacts(tr.parent_run_id, "spec.yaml", str(tmp_path)))
     dumped = repr([p, parent.data.tags, child.data.params, child.data.tags, text.read_text()])
     assert not re.search(r"\w-123", dumped)
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp}/srv.db",
-           "--serve-artifacts", "--artifacts-destination", f"{tmp}/artifacts"]
-    log = open(tmp / "server.log", "wb")
-    # Own session: teardown signals the server and the workers it spawned, nothing else.
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
-                            start_new_session=True)
-    url, t0 = f"http://127.0.0.1:{port}", time.monotonic()
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(tmp / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() - t0 > 60:
-                pytest.fail(f"no /health in 60 s: {(tmp / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.25)
-        print(f"mlflow server healthy after {time.monotonic() - t0:.1f} s")
-        yield url, tmp
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def test_http_server_sweep(mlflow_server, tmp_path):

@@ -15,7 +15,13 @@ from ray.tune import Callback
 from ..tracking import SweepTracker
 from .cells import cell_key
 
-__all__ = ["TrackingCallback", "CellProgress", "trial_status", "register_tracker"]
+__all__ = ["TrackingCallback", "CellProgress", "trial_status", "register_tracker", "get_tracker"]
+
+# keys Tune adds to every result: bookkeeping, not training metrics
+TUNE_BOOKKEEPING = frozenset({
+    "done", "pid", "timestamp", "should_checkpoint", "iterations_since_restore", "time_since_restore",
+    "training_iteration", "time_this_iter_s", "time_total_s", "date", "hostname", "node_ip",
+    "trial_id", "experiment_tag", "config", "checkpoint_dir_name", "node_id"})
 
 # The driver's open trackers by (uri, experiment, sweep). Callbacks restored by Tuner.restore are
 # unpickled copies; they find the driver's tracker here instead of opening a second one.
@@ -24,6 +30,10 @@ _TRACKERS: dict[tuple[str, str, str], SweepTracker] = {}
 
 def register_tracker(tracker: SweepTracker, tracking_uri: str, experiment: str, sweep_name: str) -> None:
     _TRACKERS[(tracking_uri, experiment, sweep_name)] = tracker
+
+
+def get_tracker(tracking_uri: str, experiment: str, sweep_name: str) -> SweepTracker:
+    return _TRACKERS[(tracking_uri, experiment, sweep_name)]
 
 
 def trial_status(last: dict | None, epochs: int, errored: bool = False) -> str:
@@ -42,10 +52,13 @@ class TrackingCallback(Callback):
     saves it with the experiment); after a restore it uses the driver's registered tracker, which
     finds the runs it already made by trial id, so a resumed sweep duplicates nothing."""
 
-    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, phase: str, epochs: int):
+    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, phase: str, epochs: int,
+                 fixed: dict | None = None):
         self.args = (tracking_uri, experiment, sweep_name)
         self.phase, self.epochs = phase, epochs
+        self.fixed = dict(fixed or {})  # the sweep's fixed training fields, logged with each trial
         self._tracker: SweepTracker | None = None
+        self._nodes: dict[str, str] = {}
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_tracker"} | {"_tracker": None}
@@ -53,21 +66,33 @@ class TrackingCallback(Callback):
     @property
     def tracker(self) -> SweepTracker:
         if self._tracker is None:
-            self._tracker = _TRACKERS[self.args]
+            self._tracker = get_tracker(*self.args)
         return self._tracker
 
     def key(self, trial) -> str:
         return f"{self.phase}-{trial.trial_id}"
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self.tracker.trial_run(self.key(trial), params=self._params(trial), tags=self._tags(trial))
+
+    def _params(self, trial) -> dict:
         cfg = trial.config.get("cfg", trial.config)
-        params = dict(cfg.get("params", {}), seed=cfg.get("seed", 0))
-        tags = {"stetune.ste": cfg["ste"], "stetune.bits": str(cfg["bits"]),
+        return {**self.fixed, **cfg.get("params", {}), "ste": cfg["ste"], "bits": cfg["bits"],
+                "seed": cfg.get("seed", 0)}
+
+    def _tags(self, trial) -> dict:
+        cfg = trial.config.get("cfg", trial.config)
+        return {"stetune.ste": cfg["ste"], "stetune.bits": str(cfg["bits"]),
                 "stetune.cell": cell_key(trial.config), "stetune.phase": self.phase}
-        self.tracker.trial_run(self.key(trial), params=params, tags=tags)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.tracker.log_epoch(self.key(trial), result, step=int(result.get("epoch", iteration)))
+        key = self.key(trial)
+        node = result.get("node_id") or result.get("node_ip")
+        if node and self._nodes.get(key) != node:  # where it runs (a retry may move it)
+            self.tracker.tag_trial(key, {"stetune.node": node})
+            self._nodes[key] = node
+        metrics = {k: v for k, v in result.items() if k not in TUNE_BOOKKEEPING}
+        self.tracker.log_epoch(key, metrics, step=int(result.get("epoch", iteration)))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,8 +17,12 @@ _PACKAGE = Path(__file__).resolve().parents[1]  # the stetune package directory
 def _client(address: str):
     from ray.job_submission import JobSubmissionClient
 
-    # Ray token auth: the client reads RAY_AUTH_TOKEN / ~/.ray/auth_token like every Ray client
-    return JobSubmissionClient(address)
+    # Ray token auth. JobSubmissionClient adds the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    # ~/.ray/auth_token) only when RAY_AUTH_MODE=token is set on the client too; a RAY_AUTH_TOKEN
+    # alone would be ignored and the cluster answers 401. So send it ourselves when it is set.
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    return JobSubmissionClient(address, headers=headers)
 
 
 def submit(spec: SweepSpec, address: str, *, wait: bool = False) -> str:
@@ -30,11 +35,12 @@ def submit(spec: SweepSpec, address: str, *, wait: bool = False) -> str:
 
     (staging / "sweep.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     entry = "python -m stetune.cli sweep sweep.yaml --address auto"
-    client = _client(address)
-    job_id = client.submit_job(entrypoint=entry, runtime_env={"working_dir": str(staging)},
-                               metadata={"stetune.sweep": spec.name})
-    shutil.rmtree(staging, ignore_errors=True)
-    return job_id
+    try:
+        client = _client(address)
+        return client.submit_job(entrypoint=entry, runtime_env={"working_dir": str(staging)},
+                                 metadata={"stetune.sweep": spec.name})
+    finally:  # the working dir is uploaded by submit_job; also clean up when it fails
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def job_status(address: str, job_id: str) -> str:

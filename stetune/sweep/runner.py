@@ -21,7 +21,7 @@ from ray.tune.schedulers import FIFOScheduler
 from ..spec import RunSpec, SweepSpec
 from ..tracking import SweepTracker
 from ..train import train
-from .callbacks import CellProgress, TrackingCallback, register_tracker, trial_status
+from .callbacks import CellProgress, TrackingCallback, get_tracker, register_tracker, trial_status
 from .cells import CellASHA, CellSearcher, cell_key
 
 __all__ = ["run_sweep", "summary_rows", "trial_fn"]
@@ -56,8 +56,11 @@ def trial_fn(config: dict, sweep: dict, init_state: bytes | None = None) -> None
         if checkpoint is not None:
             checkpoint.to_directory(str(ckpt_dir))
 
+        node_id = ray.get_runtime_context().get_node_id()  # tells nodes apart on one host too
+
         def report(metrics: dict) -> None:
-            tune.report(_numeric(metrics), checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+            tune.report(_numeric(metrics) | {"node_id": node_id},
+                        checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
 
         train(run, report, checkpoint_dir=ckpt_dir)
 
@@ -85,7 +88,7 @@ def _run_phase(spec: SweepSpec, phase: str, param_space: dict, tune_config: tune
                                    resume_errored=True)
     else:
         callbacks = [TrackingCallback(spec.resolved_tracking_uri(), spec.resolved_experiment(),
-                                      spec.name, phase, epochs),
+                                      spec.name, phase, epochs, fixed=spec.train),
                      CellProgress(phase, spec.metric, spec.mode, epochs, per_cell)]
         run_config = tune.RunConfig(
             name=phase, storage_path=str(root), callbacks=callbacks, verbose=verbose,
@@ -93,7 +96,11 @@ def _run_phase(spec: SweepSpec, phase: str, param_space: dict, tune_config: tune
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                            run_config=run_config)
-    return tuner.fit()
+    grid = tuner.fit()
+    if resume:  # runs of trials the killed driver never snapshotted would be duplicates
+        keep = {f"{phase}-{r.metrics.get('trial_id') or Path(r.path).name}" for r in grid}
+        get_tracker(spec.resolved_tracking_uri(), spec.resolved_experiment(), spec.name).prune_orphans(phase, keep)
+    return grid
 
 
 def _pretrain(spec: SweepSpec, state: dict, resume: bool, verbose: int) -> bytes:
@@ -220,7 +227,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     tracker.start_sweep(spec.to_dict(), resume=resume)
     register_tracker(tracker, uri, experiment, spec.name)
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False if address is None else None,
+        # "local" always starts a fresh Ray here: a bare init() would join whatever cluster
+        # /tmp/ray/ray_current_cluster points at, even a dead one
+        ray.init(address=address or "local", include_dashboard=False if address is None else None,
                  log_to_driver=verbose > 1)
     try:
         init = _pretrain(spec, state, resume, verbose) if spec.pretrain is not None else None

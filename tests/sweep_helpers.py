@@ -1,0 +1,60 @@
+"""Helpers for the sweep integration tests: a small real spec and MLflow checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+from stetune.spec import SweepSpec
+from stetune.spec.load import apply_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_spec(tmp_path: Path, name: str, sets: list[str] = (), tracking_uri: str | None = None) -> SweepSpec:
+    d = yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text())
+    d = apply_overrides(d, [f"name={name}", f"storage={tmp_path}", "train.epochs=2",
+                            "train.limit=400", *sets])
+    if tracking_uri:
+        d["mlflow"] = {"tracking_uri": tracking_uri}
+    return SweepSpec.from_dict(d)
+
+
+def write_spec(spec: SweepSpec, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    return path
+
+
+def sweep_runs(spec: SweepSpec):
+    """(parent runs, child runs) of the sweep, active runs only."""
+    client = MlflowClient(spec.resolved_tracking_uri())
+    exp = client.get_experiment_by_name(spec.resolved_experiment())
+    runs = client.search_runs([exp.experiment_id], max_results=10_000)
+    parents = [r for r in runs if r.data.tags.get("stetune.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("stetune.kind") == "trial"]
+    return client, parents, children
+
+
+def check_one_run_per_trial(spec: SweepSpec, n_search: int, n_replicate: int) -> list:
+    client, parents, children = sweep_runs(spec)
+    assert len(parents) == 1, [p.info.run_name for p in parents]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    ids = [c.data.tags["stetune.trial_id"] for c in children]
+    assert len(ids) == len(set(ids)), "a trial has two MLflow runs"
+    phases = [c.data.tags["stetune.phase"] for c in children]
+    assert phases.count("search") == n_search and phases.count("replicate") == n_replicate
+    for c in children:
+        assert c.info.status == "FINISHED", (c.info.run_name, c.info.status)
+        status = c.data.tags["stetune.status"]
+        assert status in ("finished", "pruned", "diverged"), status
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_acc")]
+        epochs = int(c.data.metrics["final/epoch"])
+        assert steps == list(range(1, epochs + 1)), (c.info.run_name, steps)  # full, no duplicates
+        if status == "finished":
+            assert epochs == spec.epochs
+        assert c.data.params["ste"] == c.data.tags["stetune.ste"]
+    return children

@@ -1,0 +1,254 @@
+"""`stetune submit` / `status` / `logs` through the Ray Jobs API against a real Ray head with token
+auth on, the sweep's trials logged to a real MLflow sqlite store.
+
+The head is `ray start --head --block` in its own session and its own --temp-dir: its address file
+(ray_current_cluster) lives there, not in /tmp/ray, so no other process on this machine joins it
+or is later sent to a dead cluster; teardown signals only the processes of that session (never
+`ray stop`, which would also stop every other Ray on the machine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = Path(sys.executable).parent / "ray"
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+JOB_TIMEOUT = 200  # s; the 6 one-epoch trials take about 2 min on 2 busy cores
+CELLS = {f"{ste}/{bits}" for ste in ("identity", "relu", "clipped_relu") for bits in (2, 4)}
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def base_env(home: Path | None = None, **auth: str) -> dict:
+    """This environment without any Ray address or auth setting, plus `auth`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(auth)
+    if home is not None:
+        env["HOME"] = str(home)
+    return env
+
+
+def session_pids(sid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # state ppid pgrp session ...
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def http_get(url: str, token: str | None) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A Ray head (2 CPUs, dashboard on 127.0.0.1) with token auth on; yields
+    (dashboard address, token)."""
+    tmp = Path(tempfile.mkdtemp(prefix="stj-", dir="/tmp"))  # short: Ray's unix sockets live here
+    token = secrets.token_hex(16)
+    gcs_port, dash_port, client_port, agent_port = free_ports(4)
+    # the job's entrypoint runs `python`: make that this interpreter on the cluster's PATH
+    env = base_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    cmd = [str(RAY), "start", "--head", "--block", "--num-cpus", "2",
+           "--port", str(gcs_port), "--dashboard-host", "127.0.0.1",
+           "--dashboard-port", str(dash_port), "--include-dashboard", "true",
+           # fixed defaults (10001, 52365) would clash with another Ray on this machine
+           "--ray-client-server-port", str(client_port),
+           "--dashboard-agent-listen-port", str(agent_port),
+           "--temp-dir", str(tmp / "ray"), "--disable-usage-stats"]
+    log_path = tmp / "head.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp,
+                            start_new_session=True)
+    address, t0 = f"http://127.0.0.1:{dash_port}", time.monotonic()
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ray start exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                # /api/version is behind the token too: 401 without it
+                if (http_get(f"{address}/api/version", token)[0] == 200
+                        and http_get(f"{address}/api/jobs/", token)[0] == 200):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() - t0 > 120:
+                pytest.fail(f"Ray dashboard not up in 120 s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+        print(f"ray head up after {time.monotonic() - t0:.1f} s at {address}")
+        yield address, token
+    finally:
+        # SIGTERM to `ray start --block`: it stops its Ray processes (raylet, GCS, dashboard,
+        # workers, the job's driver); whatever is left of its session is then SIGKILLed by pid
+        os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while session_pids(proc.pid) and time.monotonic() < deadline:
+            proc.poll()
+            time.sleep(0.5)
+        for pid in session_pids(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(10)
+        log.close()
+        # the head wrote its address to <temp-dir>/ray_current_cluster, never /tmp/ray's
+        ours = tmp / "ray" / "ray_current_cluster"
+        from ray._common.utils import get_ray_address_file
+
+        default = Path(get_ray_address_file(None))
+        try:
+            if ours.exists() and default.read_text().strip() == ours.read_text().strip():
+                default.unlink()
+        except OSError:
+            pass
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stetune.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_spec(tmp_path: Path, name: str) -> Path:
+    """Quickstart cut down to 6 cells x 1 one-epoch trial; storage and store are absolute, since
+    the job runs with its uploaded working dir as cwd."""
+    d = yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text())
+    d["name"] = name
+    d["budget"]["trials_per_cell"] = 1
+    d["replicates"]["seeds"] = []
+    d["train"].update(epochs=1, limit=256)
+    d["storage"] = str(tmp_path / "runs")
+    d["mlflow"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def job_count(address: str, token: str) -> int:
+    status, body = http_get(f"{address}/api/jobs/", token)
+    assert status == 200, body
+    return len(json.loads(body))
+
+
+def test_submit_runs_the_sweep_as_a_ray_job(ray_head, tmp_path):
+    address, token = ray_head
+    env = base_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)  # as on the head
+    spec = write_spec(tmp_path, "jobs")
+
+    sub = cli("submit", str(spec), "--address", address, env=env)
+    assert sub.returncode == 0, sub.stderr[-4000:]
+    job_id = sub.stdout.strip()
+    assert job_id.startswith("raysubmit_") and job_id.isascii() and " " not in job_id, sub.stdout
+    assert f"stetune status {job_id} --address {address}" in sub.stderr
+
+    t0, status = time.monotonic(), None
+    while time.monotonic() - t0 < JOB_TIMEOUT:
+        st = cli("status", job_id, "--address", address, env=env)
+        assert st.returncode == 0, st.stderr[-4000:]
+        status = st.stdout.strip()
+        assert status in {"PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"}, st.stdout
+        if status in {"SUCCEEDED", "FAILED", "STOPPED"}:
+            break
+        time.sleep(3)
+    logs = cli("logs", job_id, "--address", address, env=env)
+    assert logs.returncode == 0, logs.stderr[-4000:]
+    assert status == "SUCCEEDED", (f"job {job_id} is {status} after {time.monotonic() - t0:.0f} s; "
+                                   f"its logs:\n{logs.stdout[-6000:]}")
+    print(f"job {job_id} SUCCEEDED after {time.monotonic() - t0:.0f} s")
+    # the driver's summary table: every cell searched once
+    assert all(cell in logs.stdout for cell in CELLS), logs.stdout[-4000:]
+
+    # RAY_AUTH_TOKEN alone (no RAY_AUTH_MODE on the client) is enough
+    alone = cli("status", job_id, "--address", address, env=base_env(RAY_AUTH_TOKEN=token))
+    assert (alone.returncode, alone.stdout.strip()) == (0, "SUCCEEDED"), alone.stderr[-4000:]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("jobs")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("stetune.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("stetune.kind") == "trial"]
+    assert len(parents) == 1 and len(children) == 6 == len(runs) - 1, \
+        [(r.info.run_name, r.data.tags.get("stetune.kind")) for r in runs]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags.get("stetune.sweep") == "jobs"
+    assert {c.data.tags["stetune.cell"] for c in children} == CELLS
+    for c in children:
+        assert c.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+        assert c.info.status == "FINISHED", (c.data.tags.get("stetune.cell"), c.info.status)
+        history = client.get_metric_history(c.info.run_id, "val_acc")
+        assert [m.step for m in history] and all(0.0 <= m.value <= 1.0 for m in history), history
+
+
+def test_submit_and_status_are_refused_without_the_token(ray_head, tmp_path):
+    address, token = ray_head
+    spec = write_spec(tmp_path, "refused")
+    home = tmp_path / "home"  # no ~/.ray/auth_token there
+    home.mkdir()
+    before = job_count(address, token)
+
+    # no token anywhere: the dashboard answers 401
+    sub = cli("submit", str(spec), "--address", address, env=base_env(home))
+    assert sub.returncode == 1 and sub.stdout == "", (sub.stdout, sub.stderr[-4000:])  # no job id
+    assert "stetune submit: error: Authentication required" in sub.stderr, sub.stderr[-4000:]
+    assert "RAY_AUTH_TOKEN" in sub.stderr and "Traceback" not in sub.stderr, sub.stderr[-4000:]
+
+    # token mode but no token: Ray's client itself refuses (it has no token to send)
+    st = cli("status", "raysubmit_whatever", "--address", address,
+             env=base_env(home, RAY_AUTH_MODE="token"))
+    assert st.returncode == 1 and st.stdout == "", (st.stdout, st.stderr[-4000:])
+    line = next((ln for ln in st.stderr.splitlines() if ln.startswith("stetune status: ")), "")
+    assert line.startswith("stetune status: error: ") and "authentication token" in line, \
+        st.stderr[-4000:]
+    assert "Traceback" not in st.stderr
+
+    # a wrong token: 403
+    wrong = cli("logs", "raysubmit_whatever", "--address", address,
+                env=base_env(home, RAY_AUTH_TOKEN=secrets.token_hex(16)))
+    assert wrong.returncode == 1 and wrong.stdout == "", (wrong.stdout, wrong.stderr[-4000:])
+    assert "stetune logs: error: Authentication failed" in wrong.stderr, wrong.stderr[-4000:]
+    assert "Traceback" not in wrong.stderr
+
+    assert job_count(address, token) == before  # nothing was submitted
+    assert not (tmp_path / "runs").exists()

@@ -208,6 +208,11 @@ def _load_spec(path: str, sets: list[str], command: str):
 def _finish_sweep(spec, state: dict) -> int:
     from .sweep import summary_rows
 
+    if "rows" in state:  # a theory sweep: per (ste, init, size, lr) descent outcomes
+        from .sweep.theory import format_rows
+
+        print("\n" + format_rows(state["rows"]))
+        return _browse(spec)
     rows = summary_rows(spec, state)
     metric = f"best_{spec.metric}"
     print(f"\n{'cell':<18} {'trials':>6} {'div':>4} {'pruned':>6} {metric:>14} {'replicates val_acc':>22}  best params")
@@ -217,6 +222,10 @@ def _finish_sweep(spec, state: dict) -> int:
                + f" (n={r['replicates']})" if r["replicates"] else "-")
         best = f"{r[metric]:.4f}" if r[metric] is not None else "-"
         print(f"{r['cell']:<18} {r['trials']:>6} {r['diverged']:>4} {r['pruned']:>6} {best:>14} {rep:>22}  {r['params']}")
+    return _browse(spec)
+
+
+def _browse(spec) -> int:
     uri = spec.resolved_tracking_uri()
     ui = (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:")
           else f"open {uri} in a browser")
@@ -248,7 +257,12 @@ def _run_resume(args) -> int:
         print(f"stetune resume: error: no sweep named '{args.name}' in {saved.parent.parent}",
               file=sys.stderr)
         return 2
-    spec = SweepSpec.from_dict(json.loads(saved.read_text()))
+    d = json.loads(saved.read_text())
+    if d.get("kind") == "theory":  # a grid of sub-second runs: rerunning it is the resume
+        print(f"stetune resume: error: theory sweeps cannot be resumed; run the spec again "
+              f"under another name (or delete {Path(args.storage) / args.name})", file=sys.stderr)
+        return 2
+    spec = SweepSpec.from_dict(d)
     from .sweep import run_sweep
 
     return _finish_sweep(spec, run_sweep(spec, address=args.address, resume=True,

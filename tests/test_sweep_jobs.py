@@ -117,7 +117,8 @@ def ray_head():
     finally:
         # SIGTERM to `ray start --block`: it stops its Ray processes (raylet, GCS, dashboard,
         # workers, the job's driver); whatever is left of its session is then SIGKILLed by pid
-        os.kill(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
         while session_pids(proc.pid) and time.monotonic() < deadline:
             proc.poll()
@@ -143,8 +144,27 @@ def ray_head():
 
 
 def cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stetune.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return clis((args, env), timeout=timeout)[0]
+
+
+def clis(*calls: tuple[tuple[str, ...], dict],
+         timeout: float = 120) -> list[subprocess.CompletedProcess]:
+    """Run `stetune ARGS` with ENV for each (ARGS, ENV), all at once (each one spends seconds
+    importing Ray and torch)."""
+    procs = [(args, subprocess.Popen([sys.executable, "-m", "stetune.cli", *args], env=env,
+                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True))
+             for args, env in calls]
+    done = []
+    for args, proc in procs:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for _, q in procs:
+                q.kill()
+            raise
+        done.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    return done
 
 
 def write_spec(tmp_path: Path, name: str) -> Path:
@@ -179,26 +199,29 @@ def test_submit_runs_the_sweep_as_a_ray_job(ray_head, tmp_path):
     assert job_id.startswith("raysubmit_") and job_id.isascii() and " " not in job_id, sub.stdout
     assert f"stetune status {job_id} --address {address}" in sub.stderr
 
+    # wait on the Jobs REST API itself (cheap), then read the outcome through the CLI
     t0, status = time.monotonic(), None
     while time.monotonic() - t0 < JOB_TIMEOUT:
-        st = cli("status", job_id, "--address", address, env=env)
-        assert st.returncode == 0, st.stderr[-4000:]
-        status = st.stdout.strip()
-        assert status in {"PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"}, st.stdout
+        code, body = http_get(f"{address}/api/jobs/{job_id}", token)
+        assert code == 200, body
+        status = json.loads(body)["status"]
         if status in {"SUCCEEDED", "FAILED", "STOPPED"}:
             break
-        time.sleep(3)
-    logs = cli("logs", job_id, "--address", address, env=env)
+        time.sleep(2)
+    waited = time.monotonic() - t0
+    st, logs, alone = clis(
+        (("status", job_id, "--address", address), env),
+        (("logs", job_id, "--address", address), env),
+        # RAY_AUTH_TOKEN alone (no RAY_AUTH_MODE on the client) is enough
+        (("status", job_id, "--address", address), base_env(RAY_AUTH_TOKEN=token)))
     assert logs.returncode == 0, logs.stderr[-4000:]
-    assert status == "SUCCEEDED", (f"job {job_id} is {status} after {time.monotonic() - t0:.0f} s; "
+    assert status == "SUCCEEDED", (f"job {job_id} is {status} after {waited:.0f} s; "
                                    f"its logs:\n{logs.stdout[-6000:]}")
-    print(f"job {job_id} SUCCEEDED after {time.monotonic() - t0:.0f} s")
+    print(f"job {job_id} SUCCEEDED after {waited:.0f} s")
+    for q in (st, alone):
+        assert (q.returncode, q.stdout.strip()) == (0, "SUCCEEDED"), (q.stdout, q.stderr[-4000:])
     # the driver's summary table: every cell searched once
     assert all(cell in logs.stdout for cell in CELLS), logs.stdout[-4000:]
-
-    # RAY_AUTH_TOKEN alone (no RAY_AUTH_MODE on the client) is enough
-    alone = cli("status", job_id, "--address", address, env=base_env(RAY_AUTH_TOKEN=token))
-    assert (alone.returncode, alone.stdout.strip()) == (0, "SUCCEEDED"), alone.stderr[-4000:]
 
     from mlflow.tracking import MlflowClient
 
@@ -228,24 +251,26 @@ def test_submit_and_status_are_refused_without_the_token(ray_head, tmp_path):
     home.mkdir()
     before = job_count(address, token)
 
-    # no token anywhere: the dashboard answers 401
-    sub = cli("submit", str(spec), "--address", address, env=base_env(home))
+    sub, st, wrong = clis(
+        # no token anywhere: the dashboard answers 401
+        (("submit", str(spec), "--address", address), base_env(home)),
+        # token mode but no token: Ray's client itself refuses (it has no token to send)
+        (("status", "raysubmit_whatever", "--address", address),
+         base_env(home, RAY_AUTH_MODE="token")),
+        # a wrong token: 403
+        (("logs", "raysubmit_whatever", "--address", address),
+         base_env(home, RAY_AUTH_TOKEN=secrets.token_hex(16))))
+
     assert sub.returncode == 1 and sub.stdout == "", (sub.stdout, sub.stderr[-4000:])  # no job id
     assert "stetune submit: error: Authentication required" in sub.stderr, sub.stderr[-4000:]
     assert "RAY_AUTH_TOKEN" in sub.stderr and "Traceback" not in sub.stderr, sub.stderr[-4000:]
 
-    # token mode but no token: Ray's client itself refuses (it has no token to send)
-    st = cli("status", "raysubmit_whatever", "--address", address,
-             env=base_env(home, RAY_AUTH_MODE="token"))
     assert st.returncode == 1 and st.stdout == "", (st.stdout, st.stderr[-4000:])
     line = next((ln for ln in st.stderr.splitlines() if ln.startswith("stetune status: ")), "")
     assert line.startswith("stetune status: error: ") and "authentication token" in line, \
         st.stderr[-4000:]
     assert "Traceback" not in st.stderr
 
-    # a wrong token: 403
-    wrong = cli("logs", "raysubmit_whatever", "--address", address,
-                env=base_env(home, RAY_AUTH_TOKEN=secrets.token_hex(16)))
     assert wrong.returncode == 1 and wrong.stdout == "", (wrong.stdout, wrong.stderr[-4000:])
     assert "stetune logs: error: Authentication failed" in wrong.stderr, wrong.stderr[-4000:]
     assert "Traceback" not in wrong.stderr

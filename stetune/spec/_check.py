@@ -56,6 +56,13 @@ def mapping(value: Any, path: str, *, none_ok: bool = True) -> dict:
     return value
 
 
+def section(d: dict, key: str, cls, **checks):
+    """The dataclass `cls` from the optional sub-mapping d[key], each field through its check."""
+    sub = mapping(d.get(key), key)
+    check_keys(sub, checks, key)
+    return cls(**{k: checks[k](v, f"{key}.{k}") for k, v in sub.items()})
+
+
 def require(d: dict, key: str, path: str, example: str) -> Any:
     if key not in d:
         raise SpecError(f"{join(path, key)} is required (e.g. {example})")

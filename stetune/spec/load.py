@@ -1,4 +1,5 @@
-"""Loading a sweep spec: YAML file -> `--set` overrides -> SweepSpec.from_dict (validation)."""
+"""Loading a sweep spec: YAML file -> `--set` overrides -> validation by its kind's from_dict
+(`kind: network`, the default, is a SweepSpec; `kind: theory` a TheorySweepSpec)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,36 @@ import yaml
 from . import _check as c
 from .run import SpecError
 from .sweep import TRAIN_FIELDS, SweepSpec
+from .theory import TheorySweepSpec
 
-__all__ = ["load_sweep_spec", "apply_overrides"]
+__all__ = ["load_sweep_spec", "apply_overrides", "spec_from_dict", "KINDS"]
+
+KINDS = {"network": SweepSpec, "theory": TheorySweepSpec}
+
+
+def spec_class(d: dict) -> type:
+    """The spec class for d's `kind` (absent: network)."""
+    kind = d.get("kind", "network")
+    if not (isinstance(kind, str) and kind in KINDS):
+        close = c.suggest_key(kind, KINDS) if isinstance(kind, str) else ""
+        raise SpecError(f"kind must be one of {list(KINDS)}, but got kind={kind!r}{close}")
+    return KINDS[kind]
+
+
+def spec_from_dict(d: dict) -> SweepSpec | TheorySweepSpec:
+    """Validate a spec dict (a loaded YAML, or a saved spec.json) as the class its kind names."""
+    cls = spec_class(d)
+    if cls is SweepSpec:  # SweepSpec has no kind field: an explicit `kind: network` is dropped
+        d = {k: v for k, v in d.items() if k != "kind"}
+    return cls.from_dict(d)
 
 
 def apply_overrides(d: dict, sets: Iterable[str]) -> dict:
-    """A copy of `d` with each 'dotted.key=value' set (value read as YAML). A bare key that is
-    not a top-level key is a train field: `epochs=2` sets train.epochs."""
-    top = [f.name for f in dataclasses.fields(SweepSpec)]
+    """A copy of `d` with each 'dotted.key=value' set (value read as YAML). In a network spec a
+    bare key that is not a top-level key is a train field: `epochs=2` sets train.epochs."""
+    network = spec_class(d) is SweepSpec
+    top = ["kind", *(f.name for f in dataclasses.fields(KINDS["network" if network else "theory"]))]
+    bare = TRAIN_FIELDS if network else ()
     out = copy.deepcopy(d)
     for item in sets:
         key, sep, raw = str(item).partition("=")
@@ -32,12 +55,14 @@ def apply_overrides(d: dict, sets: Iterable[str]) -> dict:
             raise SpecError(f"--set {key}: the value must be YAML, but got {raw!r} ({e})") from None
         parts = key.split(".")
         if parts[0] not in top:
-            if len(parts) == 1 and parts[0] in TRAIN_FIELDS:
+            if len(parts) == 1 and parts[0] in bare:
                 parts = ["train", parts[0]]
             else:
-                hint = c.suggest_key(parts[0], top + list(TRAIN_FIELDS))
+                hint = c.suggest_key(parts[0], top + list(bare))
+                rest = (f"dotted paths into them, or train fields {list(bare)}" if bare
+                        else "or dotted paths into them")
                 raise SpecError(f"unknown --set key {key!r}{hint}; allowed: top-level keys {top}, "
-                                f"dotted paths into them, or train fields {list(TRAIN_FIELDS)}")
+                                f"{rest}")
         node = out
         for i, part in enumerate(parts[:-1]):
             if node.get(part) is None:
@@ -61,7 +86,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_sweep_spec(path: str | Path, sets: Iterable[str] = ()) -> SweepSpec:
+def load_sweep_spec(path: str | Path, sets: Iterable[str] = ()) -> SweepSpec | TheorySweepSpec:
     """Read a sweep YAML, apply `--set` overrides, validate. Every problem is a SpecError."""
     path = Path(path)
     try:
@@ -77,6 +102,6 @@ def load_sweep_spec(path: str | Path, sets: Iterable[str] = ()) -> SweepSpec:
         raise SpecError(f"{path}: a sweep spec must be a mapping at the top level, "
                         f"but the file is {what}")
     try:
-        return SweepSpec.from_dict(apply_overrides(d, sets))
+        return spec_from_dict(apply_overrides(d, sets))
     except SpecError as e:
         raise SpecError(f"{path}: {e}") from None

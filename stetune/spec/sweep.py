@@ -172,13 +172,13 @@ class SweepSpec:
             "dataset": c.choice_field(req["dataset"], "dataset", DATASETS),
             "cells": _cells(req["cells"]), "search": _search(d.get("search")),
             "train": _train(d.get("train")), "pretrain": _pretrain(d.get("pretrain", None))}
-        kw["budget"] = _section(d, "budget", Budget, trials_per_cell=c.ints(1))
-        kw["replicates"] = _section(d, "replicates", Replicates, seeds=c.unique_ints(0))
-        kw["asha"] = _section(d, "asha", Asha, enabled=c.bool_field, grace_period=c.ints(1),
+        kw["budget"] = c.section(d, "budget", Budget, trials_per_cell=c.ints(1))
+        kw["replicates"] = c.section(d, "replicates", Replicates, seeds=c.unique_ints(0))
+        kw["asha"] = c.section(d, "asha", Asha, enabled=c.bool_field, grace_period=c.ints(1),
                               reduction_factor=c.numbers("a number > 1", lambda x: x > 1))
-        kw["resources"] = _section(d, "resources", Resources, gpus_per_trial=c.gpus,
+        kw["resources"] = c.section(d, "resources", Resources, gpus_per_trial=c.gpus,
                                    cpus_per_trial=c.numbers("a number > 0", lambda x: x > 0))
-        kw["mlflow"] = _section(d, "mlflow", Mlflow, tracking_uri=c.opt_str, experiment=c.opt_str)
+        kw["mlflow"] = c.section(d, "mlflow", Mlflow, tracking_uri=c.opt_str, experiment=c.opt_str)
         for key, check in (("max_concurrent", c.ints(1)), ("max_failures", c.ints(0)),
                            ("seed", c.ints(0)), ("storage", c.str_field),
                            ("metric", lambda v, p: c.choice_field(v, p, list(METRIC_MODES)))):
@@ -195,12 +195,6 @@ class SweepSpec:
 
 
 # -- section parsers ---------------------------------------------------------------------------
-def _section(d: dict, key: str, cls, **checks):
-    sub = c.mapping(d.get(key), key)
-    c.check_keys(sub, checks, key)
-    return cls(**{k: checks[k](v, f"{key}.{k}") for k, v in sub.items()})
-
-
 def _cells(value: Any) -> Cells:
     d = c.mapping(value, "cells", none_ok=False)
     c.check_keys(d, ("ste", "bits"), "cells")

@@ -52,6 +52,9 @@ class TrackingCallback(Callback):
     saves it with the experiment); after a restore it uses the driver's registered tracker, which
     finds the runs it already made by trial id, so a resumed sweep duplicates nothing."""
 
+    # last-result keys logged as final/<key> when a trial ends (a subclass may log others)
+    final_keys = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch")
+
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, phase: str, epochs: int,
                  fixed: dict | None = None):
         self.args = (tracking_uri, experiment, sweep_name)
@@ -96,14 +99,15 @@ class TrackingCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        self.tracker.end_trial(self.key(trial), trial_status(last, self.epochs), _finals(last))
+        self.tracker.end_trial(self.key(trial), trial_status(last, self.epochs),
+                               _finals(last, self.final_keys))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.tracker.end_trial(self.key(trial), "failed", _finals(trial.last_result or {}))
+        self.tracker.end_trial(self.key(trial), "failed",
+                               _finals(trial.last_result or {}, self.final_keys))
 
 
-def _finals(last: dict) -> dict:
-    keys = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch")
+def _finals(last: dict, keys) -> dict:
     return {k: last[k] for k in keys if isinstance(last.get(k), (int, float))}
 
 

@@ -6,7 +6,6 @@ checkpoints) and skips the finished ones."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -18,11 +17,11 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
-from ..spec import RunSpec, SweepSpec
-from ..tracking import SweepTracker
+from ..spec import RunSpec, SweepSpec, TheorySweepSpec
 from ..train import train
-from .callbacks import CellProgress, TrackingCallback, get_tracker, register_tracker, trial_status
+from .callbacks import CellProgress, TrackingCallback, get_tracker, trial_status
 from .cells import CellASHA, CellSearcher, cell_key
+from .session import save_state, sweep_session
 
 __all__ = ["run_sweep", "summary_rows", "trial_fn"]
 
@@ -117,7 +116,7 @@ def _pretrain(spec: SweepSpec, state: dict, resume: bool, verbose: int) -> bytes
             result.checkpoint.to_directory(tmp)
             (root / "pretrain.pt").write_bytes((Path(tmp) / "checkpoint.pt").read_bytes())
         state["pretrain"] = {"val_acc": result.metrics.get("val_acc")}
-        _save_state(spec, state)
+        save_state(spec, state)
     return (root / "pretrain.pt").read_bytes()
 
 
@@ -134,7 +133,7 @@ def _search(spec: SweepSpec, state: dict, init: bytes | None, resume: bool, verb
                          max_concurrent_trials=spec.max_concurrent, trial_dirname_creator=_dirname)
     grid = _run_phase(spec, "search", {}, tc, init, resume, epochs, n, verbose)
     state["search"] = _best_per_cell(spec, grid, epochs)
-    _save_state(spec, state)
+    save_state(spec, state)
 
 
 def _best_per_cell(spec: SweepSpec, grid, epochs: int) -> dict:
@@ -179,21 +178,10 @@ def _replicate(spec: SweepSpec, state: dict, init: bytes | None, resume: bool, v
             {"seed": cfg["seed"], "status": trial_status(last, spec.epochs, result.error is not None),
              "val_acc": last.get("val_acc"), "train_loss": last.get("train_loss")})
     state["replicate"] = reps
-    _save_state(spec, state)
+    save_state(spec, state)
 
 
 # -- driver ----------------------------------------------------------------------------------------
-def _state_path(spec: SweepSpec) -> Path:
-    return spec.sweep_dir() / "sweep.json"
-
-
-def _save_state(spec: SweepSpec, state: dict) -> None:
-    path = _state_path(spec)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, default=str))
-    tmp.replace(path)
-
-
 def summary_rows(spec: SweepSpec, state: dict) -> list[dict]:
     rows = []
     for key, cell in state.get("search", {}).items():
@@ -211,35 +199,17 @@ def summary_rows(spec: SweepSpec, state: dict) -> list[dict]:
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False,
               verbose: int = 1) -> dict:
-    """Run (or resume) the sweep to the end; returns sweep.json's content plus summary rows."""
-    root = spec.sweep_dir()
-    state_path = _state_path(spec)
-    if state_path.exists() and not resume:
-        raise FileExistsError(f"sweep '{spec.name}' already exists in {root}; "
-                              f"use `stetune resume {spec.name}` or another name")
-    root.mkdir(parents=True, exist_ok=True)
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    (root / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
-    _save_state(spec, state)
+    """Run (or resume) the sweep to the end; returns sweep.json's content plus summary rows.
+    A TheorySweepSpec runs as a theory grid (run_theory_sweep), which does not resume."""
+    if isinstance(spec, TheorySweepSpec):
+        from .theory import run_theory_sweep  # lazy: it imports this module
 
-    uri, experiment = spec.resolved_tracking_uri(), spec.resolved_experiment()
-    tracker = SweepTracker(uri, experiment, spec.name)
-    tracker.start_sweep(spec.to_dict(), resume=resume)
-    register_tracker(tracker, uri, experiment, spec.name)
-    if not ray.is_initialized():
-        # "local" always starts a fresh Ray here: a bare init() would join whatever cluster
-        # /tmp/ray/ray_current_cluster points at, even a dead one
-        ray.init(address=address or "local", include_dashboard=False if address is None else None,
-                 log_to_driver=verbose > 1)
-    try:
+        if resume:
+            raise ValueError("theory sweeps cannot be resumed; run the spec under another name")
+        return run_theory_sweep(spec, address=address, verbose=verbose)
+    with sweep_session(spec, address=address, resume=resume, verbose=verbose) as state:
         init = _pretrain(spec, state, resume, verbose) if spec.pretrain is not None else None
         _search(spec, state, init, resume, verbose)
         _replicate(spec, state, init, resume, verbose)
-    except BaseException:
-        tracker.end_sweep("FAILED")
-        raise
-    state["summary"] = summary_rows(spec, state)
-    _save_state(spec, state)
-    tracker.log_artifact(str(state_path))
-    tracker.end_sweep("FINISHED")
+        state["summary"] = summary_rows(spec, state)
     return state

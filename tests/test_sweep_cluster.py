@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 from ray._common.utils import get_ray_address_file
 from ray.cluster_utils import Cluster
 
 from stetune.spec import SweepSpec
 from stetune.spec.load import apply_overrides
+from sweep_helpers import sweep_runs
 
 pytestmark = pytest.mark.slow
 
@@ -134,18 +134,9 @@ def tune_results(phase_dir: Path) -> dict[str, list[dict]]:
     return out
 
 
-def mlflow_runs(spec: SweepSpec):
-    client = MlflowClient(spec.resolved_tracking_uri())
-    exp = client.get_experiment_by_name(spec.resolved_experiment())
-    runs = client.search_runs([exp.experiment_id], max_results=10_000)
-    parents = [r for r in runs if r.data.tags.get("stetune.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("stetune.kind") == "trial"]
-    return client, parents, children
-
-
 def check_runs(spec: SweepSpec, n_search: int, n_replicate: int) -> list:
     """One finished parent; one finished child per trial, each with epochs 1..last exactly once."""
-    client, parents, children = mlflow_runs(spec)
+    client, parents, children = sweep_runs(spec)
     assert len(parents) == 1, [p.info.run_name for p in parents]
     parent = parents[0]
     assert parent.info.status == "FINISHED"

@@ -19,12 +19,25 @@ from ..spec.sweep import suggest
 __all__ = ["CellSearcher", "CellASHA", "cell_key"]
 
 
+class _PickledState:
+    """Tune saves searchers and schedulers with the experiment: the whole state, sub-searchers
+    and per-cell brackets included, so `stetune resume` continues where the driver died."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
 def cell_key(config: dict) -> str:
     cfg = config.get("cfg", config)
     return f"{cfg['ste']}/{cfg['bits']}"
 
 
-class CellSearcher(Searcher):
+class CellSearcher(_PickledState, Searcher):
     def __init__(self, cells: list[tuple[str, int | str]], search: dict, trials_per_cell: int,
                  metric: str, mode: str, seed: int = 0):
         super().__init__(metric=metric, mode=mode)
@@ -65,16 +78,8 @@ class CellSearcher(Searcher):
                 result = None  # a trial that never reported: Optuna records it as failed
             self.subs[self.trial_cell[trial_id]].on_trial_complete(trial_id, result, error or result is None)
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
 
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
-
-
-class CellASHA(FIFOScheduler):
+class CellASHA(_PickledState, FIFOScheduler):
     """ASHA early stopping with one bracket set per cell: a trial competes only with the trials
     of its own cell, so every cell keeps its best configurations."""
 
@@ -110,11 +115,3 @@ class CellASHA(FIFOScheduler):
     def debug_string(self) -> str:
         return "Per-cell ASHA: " + ", ".join(
             f"{k} stopped {s._num_stopped}" for k, s in sorted(self.cells.items()))
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))

@@ -22,7 +22,8 @@ from stetune.spec import (RunSpec, SpecError, SweepSpec, apply_overrides, load_s
                           suggest)
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = sorted((ROOT / "sweeps").glob("*.yaml"))
+PRESETS = sorted(p for p in (ROOT / "sweeps").glob("*.yaml")  # network kind; theory: test_theory_sweep
+                 if yaml.safe_load(p.read_text()).get("kind", "network") == "network")
 
 # A valid spec using every section and every distribution: the base the invalid cases mutate.
 BASE = {

@@ -28,15 +28,17 @@ def save_state(spec, state: dict) -> None:
 
 
 @contextmanager
-def sweep_session(spec, *, address: str | None, resume: bool, verbose: int) -> Iterator[dict]:
+def sweep_session(spec, *, address: str | None, resume: bool, verbose: int,
+                  resumable: bool = True) -> Iterator[dict]:
     """Yield the sweep's state dict (sweep.json; empty for a new sweep) with its parent MLflow run
     open, its tracker registered for the callbacks and Ray initialised. On exit the state is saved
     and logged to the parent run, which ends FINISHED, or FAILED if the body raised."""
     root = spec.sweep_dir()
     path = state_path(spec)
     if path.exists() and not resume:
-        raise FileExistsError(f"sweep '{spec.name}' already exists in {root}; "
-                              f"use `stetune resume {spec.name}` or another name")
+        how = f"use `stetune resume {spec.name}` or another name" if resumable else \
+            "use another name (or delete it)"
+        raise FileExistsError(f"sweep '{spec.name}' already exists in {root}; {how}")
     root.mkdir(parents=True, exist_ok=True)
     state = json.loads(path.read_text()) if path.exists() else {}
     (root / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))

@@ -102,7 +102,8 @@ def run_theory_sweep(spec: TheorySweepSpec, *, address: str | None = None,
     """Run the grid to the end; returns the state (sweep.json): per-trial summaries and `rows`."""
     fixed = {k: getattr(spec, k) for k in ("radius", "tol", "report_every")}
     trials = spec.trials()
-    with sweep_session(spec, address=address, resume=False, verbose=verbose) as state:
+    with sweep_session(spec, address=address, resume=False, verbose=verbose,
+                       resumable=False) as state:
         trainable = tune.with_resources(tune.with_parameters(theory_trial, fixed=fixed), {"cpu": 1})
         per_cell = len(spec.lrs) * len(spec.inits) * len(spec.seeds)  # cell: ste x size
         callbacks = [TheoryTracking(spec.resolved_tracking_uri(), spec.resolved_experiment(),
@@ -110,8 +111,9 @@ def run_theory_sweep(spec: TheorySweepSpec, *, address: str | None = None,
                      CellProgress(PHASE, "loss", "min", spec.steps, per_cell)]
         tuner = tune.Tuner(
             trainable, param_space={"cfg": tune.grid_search([_cfg(t) for t in trials])},
+            # reuse_actors: a trial takes well under a second, a fresh worker process several
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent,
-                                        trial_dirname_creator=_dirname),
+                                        trial_dirname_creator=_dirname, reuse_actors=True),
             run_config=tune.RunConfig(name=PHASE, storage_path=str(spec.sweep_dir()),
                                       callbacks=callbacks, verbose=verbose))
         results = {}

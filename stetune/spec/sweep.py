@@ -92,8 +92,22 @@ class Mlflow:
     experiment: str | None = None     # None: the sweep name
 
 
+class Placement:
+    """Where a sweep's files and MLflow runs go (shared by every sweep kind); needs `name`,
+    `storage` and `mlflow` fields."""
+
+    def sweep_dir(self) -> Path:
+        return Path(self.storage).expanduser().resolve() / self.name
+
+    def resolved_tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.sweep_dir() / 'mlflow.db'}"
+
+    def resolved_experiment(self) -> str:
+        return self.mlflow.experiment or self.name
+
+
 @dataclass(frozen=True)
-class SweepSpec:
+class SweepSpec(Placement):
     name: str                         # required; [A-Za-z0-9_.-]+
     model: str                        # required; one of list_models()
     dataset: str                      # required; one of DATASETS
@@ -136,15 +150,6 @@ class SweepSpec:
         inherited = {k: copy.deepcopy(self.train[k]) for k in PRETRAIN_INHERITS if k in self.train}
         return RunSpec(model=self.model, dataset=self.dataset, bits="float", seed=seed,
                        **inherited, **copy.deepcopy(self.pretrain))
-
-    def sweep_dir(self) -> Path:
-        return Path(self.storage).expanduser().resolve() / self.name
-
-    def resolved_tracking_uri(self) -> str:
-        return self.mlflow.tracking_uri or f"sqlite:///{self.sweep_dir() / 'mlflow.db'}"
-
-    def resolved_experiment(self) -> str:
-        return self.mlflow.experiment or self.name
 
     # -- dict round trip -----------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..theory.descent import INITS
 from ..theory.model import STES
 from . import _check as c
 from .run import SpecError
-from .sweep import NAME_RULE, Mlflow
+from .sweep import NAME_RULE, Mlflow, Placement
 
 __all__ = ["TheorySweepSpec", "KIND"]
 
@@ -23,7 +22,7 @@ TRIAL_KEYS = ("ste", "init", "m", "n", "lr", "seed")  # what varies over the gri
 
 
 @dataclass(frozen=True)
-class TheorySweepSpec:
+class TheorySweepSpec(Placement):
     name: str                            # required; [A-Za-z0-9_.-]+
     stes: tuple[str, ...]                # required: STEs compared (stetune.theory STES)
     lrs: tuple[float, ...]               # required: step sizes eta, each > 0
@@ -50,15 +49,6 @@ class TheorySweepSpec:
         return [{"ste": ste, "init": init, "m": m, "n": n, "lr": lr, "seed": seed, **fixed}
                 for ste in self.stes for init in self.inits for m, n in self.sizes
                 for lr in self.lrs for seed in self.seeds]
-
-    def sweep_dir(self) -> Path:
-        return Path(self.storage).expanduser().resolve() / self.name
-
-    def resolved_tracking_uri(self) -> str:
-        return self.mlflow.tracking_uri or f"sqlite:///{self.sweep_dir() / 'mlflow.db'}"
-
-    def resolved_experiment(self) -> str:
-        return self.mlflow.experiment or self.name
 
     # -- dict round trip -----------------------------------------------------------------------
     def to_dict(self) -> dict:

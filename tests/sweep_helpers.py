@@ -37,24 +37,29 @@ def sweep_runs(spec: SweepSpec):
     return client, parents, children
 
 
-def check_one_run_per_trial(spec: SweepSpec, n_search: int, n_replicate: int) -> list:
+def check_one_run_per_trial(spec: SweepSpec, n_search: int, n_replicate: int,
+                            statuses=("finished", "pruned", "diverged")) -> list:
+    """One finished parent; one finished child per trial, each with epochs 1..last exactly once."""
     client, parents, children = sweep_runs(spec)
     assert len(parents) == 1, [p.info.run_name for p in parents]
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     ids = [c.data.tags["stetune.trial_id"] for c in children]
-    assert len(ids) == len(set(ids)), "a trial has two MLflow runs"
+    assert len(ids) == len(set(ids)), f"a trial has two MLflow runs: {sorted(ids)}"
     phases = [c.data.tags["stetune.phase"] for c in children]
-    assert phases.count("search") == n_search and phases.count("replicate") == n_replicate
+    assert (phases.count("search"), phases.count("replicate")) == (n_search, n_replicate)
     for c in children:
-        assert c.info.status == "FINISHED", (c.info.run_name, c.info.status)
+        name = c.data.tags["stetune.trial_id"]
+        assert c.info.status == "FINISHED", (name, c.info.status)
         status = c.data.tags["stetune.status"]
-        assert status in ("finished", "pruned", "diverged"), status
-        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_acc")]
-        epochs = int(c.data.metrics["final/epoch"])
-        assert steps == list(range(1, epochs + 1)), (c.info.run_name, steps)  # full, no duplicates
+        assert status in statuses, (name, status)
+        last = int(c.data.metrics["final/epoch"])
         if status == "finished":
-            assert epochs == spec.epochs
+            assert last == spec.epochs, (name, last)
+        for key in ("epoch", "val_acc", "train_loss"):
+            steps = [m.step for m in client.get_metric_history(c.info.run_id, key)]
+            assert sorted(steps) == list(range(1, last + 1)), (name, key, steps)  # no gap, no dup
+        assert "node_id" not in c.data.metrics  # a tag, not a metric
         assert c.data.params["ste"] == c.data.tags["stetune.ste"]
     return children

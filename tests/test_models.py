@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from stetune.models import create_model, list_models
-from stetune.quant import ActQuantConfig, QuantAct, list_stes, quantize_activations_, set_ste_
+from stetune.quant import ActQuantConfig, QuantAct, quantize_activations_, set_ste_
 
 SHAPES = {"lenet5": (1, 28, 28), "vgg11": (3, 32, 32), "resnet20": (3, 32, 32)}
 ACTIVATIONS = {"lenet5": 4, "vgg11": 8, "resnet20": 19}

@@ -21,7 +21,7 @@ from ray.cluster_utils import Cluster
 
 from stetune.spec import SweepSpec
 from stetune.spec.load import apply_overrides
-from sweep_helpers import sweep_runs
+from sweep_helpers import check_one_run_per_trial
 
 pytestmark = pytest.mark.slow
 
@@ -135,30 +135,8 @@ def tune_results(phase_dir: Path) -> dict[str, list[dict]]:
 
 
 def check_runs(spec: SweepSpec, n_search: int, n_replicate: int) -> list:
-    """One finished parent; one finished child per trial, each with epochs 1..last exactly once."""
-    client, parents, children = sweep_runs(spec)
-    assert len(parents) == 1, [p.info.run_name for p in parents]
-    parent = parents[0]
-    assert parent.info.status == "FINISHED"
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    ids = [c.data.tags["stetune.trial_id"] for c in children]
-    assert len(ids) == len(set(ids)), f"a trial has two MLflow runs: {sorted(ids)}"
-    assert len(children) == n_search + n_replicate
-    phases = [c.data.tags["stetune.phase"] for c in children]
-    assert (phases.count("search"), phases.count("replicate")) == (n_search, n_replicate)
-    for c in children:
-        name = c.data.tags["stetune.trial_id"]
-        assert c.info.status == "FINISHED", (name, c.info.status)
-        status = c.data.tags["stetune.status"]
-        assert status in ("finished", "pruned"), (name, status)
-        last = int(c.data.metrics["final/epoch"])
-        if status == "finished":
-            assert last == spec.epochs, (name, last)
-        for key in ("epoch", "val_acc", "train_loss"):
-            steps = [m.step for m in client.get_metric_history(c.info.run_id, key)]
-            assert sorted(steps) == list(range(1, last + 1)), (name, key, steps)  # no gap, no dup
-        assert "node_id" not in c.data.metrics  # a tag, not a metric
-    return children
+    # no learning rate in these specs diverges: every trial must end finished or pruned
+    return check_one_run_per_trial(spec, n_search, n_replicate, statuses=("finished", "pruned"))
 
 
 def test_trials_run_on_both_nodes(tmp_path, cluster):

@@ -33,6 +33,11 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
+# a new worker process per trial re-imports torch and re-initialises (seconds each); train()
+# seeds and builds everything per trial, so a reused worker gives the same results
+REUSE_ACTORS = True
+
+
 # -- the trial: runs on a worker, anywhere in the cluster ------------------------------------------
 def _numeric(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and v is not None}
@@ -130,7 +135,8 @@ def _search(spec: SweepSpec, state: dict, init: bytes | None, resume: bool, verb
                           spec.asha.reduction_factor)
                  if spec.asha.enabled else FIFOScheduler())
     tc = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n * len(cells),
-                         max_concurrent_trials=spec.max_concurrent, trial_dirname_creator=_dirname)
+                         max_concurrent_trials=spec.max_concurrent, trial_dirname_creator=_dirname,
+                         reuse_actors=REUSE_ACTORS)
     grid = _run_phase(spec, "search", {}, tc, init, resume, epochs, n, verbose)
     state["search"] = _best_per_cell(spec, grid, epochs)
     save_state(spec, state)
@@ -167,7 +173,7 @@ def _replicate(spec: SweepSpec, state: dict, init: bytes | None, resume: bool, v
         state["replicate"] = {}
         return
     tc = tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent,
-                         trial_dirname_creator=_dirname)
+                         trial_dirname_creator=_dirname, reuse_actors=REUSE_ACTORS)
     grid = _run_phase(spec, "replicate", {"cfg": tune.grid_search(configs)}, tc, init, resume,
                       spec.epochs, len(spec.replicates.seeds), verbose)
     reps: dict[str, list] = {}

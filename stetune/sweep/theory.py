@@ -15,7 +15,7 @@ from ray import tune
 
 from ..spec import TheorySweepSpec
 from ..theory import coarse_gradient_descent, make_problem, spurious_exists
-from .callbacks import CellProgress, TrackingCallback
+from .callbacks import CellProgress, TrackingCallback, trial_status
 from .runner import _dirname
 from .session import sweep_session
 
@@ -88,13 +88,11 @@ def _cfg(t: dict) -> dict:
 
 
 def _status(last: dict, steps: int, errored: bool) -> str:
-    if errored or not last:
-        return "failed"
-    if last.get("skipped"):
+    # no early stopping here: a trial that ended short of `steps` failed rather than was pruned
+    if last and last.get("skipped") and not errored:
         return "skipped"
-    if last.get("status") == "diverged":
-        return "diverged"
-    return "finished" if last.get("epoch", 0) >= steps else "failed"
+    status = trial_status(last, steps, errored)
+    return "failed" if status == "pruned" else status
 
 
 def run_theory_sweep(spec: TheorySweepSpec, *, address: str | None = None,

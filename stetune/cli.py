@@ -161,7 +161,9 @@ def _add_sweep(sub) -> None:
         "sweep", help="run a sweep spec on Ray Tune (local Ray, or --address of a cluster)",
         description="Run a YAML sweep spec: optional float pre-training, an equal Optuna TPE budget "
                     "for every (STE, bits) cell with ASHA early stopping, then the best config of "
-                    "each cell re-run with the replicate seeds. Every trial is an MLflow run.")
+                    "each cell re-run with the replicate seeds. Every trial is an MLflow run. "
+                    "`kind: theory` specs run a theory-model grid; `kind: repulsion` specs the "
+                    "repulsion experiment (continue a minimum with other STEs).")
     p.add_argument("spec", help="sweep spec YAML (see sweeps/)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set epochs=2 --set budget.trials_per_cell=1")
@@ -208,6 +210,11 @@ def _load_spec(path: str, sets: list[str], command: str):
 def _finish_sweep(spec, state: dict) -> int:
     from .sweep import summary_rows
 
+    if getattr(spec, "kind", None) == "repulsion":  # per STE: repelled or held
+        from .sweep.repulsion import format_repulsion
+
+        print("\n" + format_repulsion(state["rows"], spec.repelled_factor))
+        return _browse(spec)
     if "rows" in state:  # a theory sweep: per (ste, init, size, lr) descent outcomes
         from .sweep.theory import format_rows
 
@@ -258,8 +265,8 @@ def _run_resume(args) -> int:
               file=sys.stderr)
         return 2
     d = json.loads(saved.read_text())
-    if d.get("kind") == "theory":  # a grid of sub-second runs: rerunning it is the resume
-        print(f"stetune resume: error: theory sweeps cannot be resumed; run the spec again "
+    if d.get("kind") in ("theory", "repulsion"):  # short grids: rerunning them is the resume
+        print(f"stetune resume: error: {d['kind']} sweeps cannot be resumed; run the spec again "
               f"under another name (or delete {Path(args.storage) / args.name})", file=sys.stderr)
         return 2
     spec = SweepSpec.from_dict(d)
@@ -327,8 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_sweep(sub)
     _add_bench_sweep(sub)
+    from .cli_analysis import add_parsers as add_analysis
     from .theory.cli import add_parser as add_theory
 
+    add_analysis(sub)
     add_theory(sub)
     return parser
 

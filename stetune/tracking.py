@@ -33,16 +33,18 @@ from mlflow.utils.validation import (MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 from .version import code_version
 
 __all__ = ["SweepTracker", "default_tracking_uri", "flatten", "redact", "TRIAL_STATUSES",
-           "PHASES"]
+           "PHASES", "WEIGHTS_ARTIFACT", "download_weights", "log_sweep_artifacts"]
 
 # Trial status -> MLflow run status. Diverged and pruned trials ran to a decision, so they are
 # FINISHED in MLflow; stetune.status keeps the distinction.
 TRIAL_STATUSES = {"finished": "FINISHED", "diverged": "FINISHED", "pruned": "FINISHED",
                   "failed": "FAILED"}
-PHASES = ("search", "replicate", "pretrain")
+PHASES = ("search", "replicate", "pretrain", "repulsion")
+WEIGHTS_ARTIFACT = "weights/model.pt"  # a trial's final weights (replicate, pretrain runs)
 _SWEEP_STATUSES = ("FINISHED", "FAILED", "KILLED")
 _SECRET = re.compile(r"password|passwd|token|secret|key|credential", re.IGNORECASE)
 _MASK = "***"
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/@:\s]*:)[^/@\s]+(?=@)")  # scheme://user:PW@
 _VERSIONED_PACKAGES = ("torch", "ray", "mlflow", "optuna")
 
 
@@ -51,10 +53,35 @@ def default_tracking_uri(storage: str, sweep_name: str) -> str:
     return f"sqlite:///{(Path(storage).expanduser().resolve() / sweep_name / 'mlflow.db')}"
 
 
+def download_weights(tracking_uri: str, run_id: str, dst_dir: str | Path) -> Path:
+    """The weights a trial run logged (WEIGHTS_ARTIFACT), downloaded into dst_dir."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as e:
+        raise ValueError(f"start.run must be an MLflow run id at {tracking_uri}, but got "
+                         f"start.run={run_id!r} ({e.error_code})") from None
+    try:
+        return Path(client.download_artifacts(run_id, WEIGHTS_ARTIFACT, str(dst_dir)))
+    except (MlflowException, OSError):
+        raise ValueError(f"run {run_id} has no {WEIGHTS_ARTIFACT} artifact: only replicate and "
+                         f"pretrain trials log their weights") from None
+
+
+def log_sweep_artifacts(tracking_uri: str, run_id: str, paths, artifact_path: str) -> None:
+    """Attach files (tables, figures, the report) to a sweep's parent run, under artifact_path."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    for p in paths:
+        client.log_artifact(run_id, str(p), artifact_path)
+
+
 def redact(obj, _key: str = ""):
-    """Copy of obj with the value of every secret-looking key replaced by '***', at any depth."""
+    """Copy of obj with the value of every secret-looking key replaced by '***', at any depth,
+    and the password of any user:password@ URL (a tracking URI, a database URL) masked."""
     if _key and _SECRET.search(_key):
         return _MASK
+    if isinstance(obj, str):
+        return _URL_PASSWORD.sub(rf"\g<head>{_MASK}", obj)
     if isinstance(obj, dict):
         return {k: redact(v, str(k)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -286,6 +313,9 @@ class SweepTracker:
     def tag_trial(self, trial_id: str, tags: dict) -> None:
         """Set tags on an existing trial run (e.g. the node a retried trial moved to)."""
         self._log_batch(self._trial(trial_id).run_id, tags=_str_items(tags, MAX_TAG_VAL_LENGTH))
+
+    def log_trial_artifact(self, trial_id: str, local_path: str, artifact_path: str) -> None:
+        self.client.log_artifact(self._trial(trial_id).run_id, local_path, artifact_path)
 
     def prune_orphans(self, phase: str, keep: set[str]) -> list[str]:
         """Delete this sweep's `phase` trial runs whose trial id is not in `keep`: runs opened by a

@@ -88,6 +88,28 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
     return metrics
 
 
+@torch.no_grad()
+def measure_train(model: nn.Module, data: Dataset, batch_size: int, seed: int) -> dict:
+    """Training loss and accuracy of the current weights over one pass of the training set, in
+    train mode (batch statistics, augmentation) like an epoch's running loss, but without
+    updates; BN running statistics are restored after, so the pass leaves no trace."""
+    buffers = [b.clone() for b in model.buffers()]
+    model.train()
+    gen = torch.Generator().manual_seed(seed + 1)  # its own stream: the run's data order stays
+    loss_sum = correct = 0.0
+    for idx in batch_indices(len(data.x_train), batch_size, gen, device=data.x_train.device):
+        x, y = data.x_train[idx], data.y_train[idx]
+        if data.augment:
+            x = augment_batch(x, gen)
+        out = model(x)
+        loss_sum += F.cross_entropy(out, y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    for b, saved in zip(model.buffers(), buffers):
+        b.copy_(saved)
+    n = len(data.x_train)
+    return {"train_loss": float(loss_sum) / n, "train_acc": float(correct) / n}
+
+
 def train(spec: RunSpec, report: Report | None = None, *, checkpoint_dir: str | Path | None = None,
           progress: bool = False) -> RunResult:
     """Train `spec` to the end (or to divergence), reporting each epoch's metrics.
@@ -116,7 +138,15 @@ def train(spec: RunSpec, report: Report | None = None, *, checkpoint_dir: str | 
     if ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, model, opt, sched, gen, device)
         result.history, result.epochs_run = state["history"], state["epoch"]
-        result.best_val_acc = max((h["val_acc"] for h in result.history), default=0.0)
+        result.best_val_acc = max((h["val_acc"] for h in result.history if h["epoch"] >= 1), default=0.0)
+
+    # epoch 0 (repulsion experiment): where the start weights stand, measured like an epoch
+    if spec.measure_start and not result.history:
+        metrics = {"epoch": 0, **measure_train(model, data, spec.batch_size, spec.seed),
+                   "lr": opt.param_groups[0]["lr"], "ste": spec.ste,
+                   **evaluate(model, data.x_val, data.y_val)}
+        result.history.append(metrics)
+        report(dict(metrics, status=result.status))
 
     model.train()
     for epoch in range(result.epochs_run + 1, spec.epochs + 1):

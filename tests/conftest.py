@@ -1,4 +1,4 @@
-"""Shared fixtures: a real `mlflow server` on 127.0.0.1."""
+"""Shared fixtures: a real `mlflow server` on 127.0.0.1, and a real local Ray per test module."""
 
 from __future__ import annotations
 
@@ -17,6 +17,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A fresh 2-CPU local Ray for the module's tests, shut down after them."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

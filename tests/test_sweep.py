@@ -9,19 +9,11 @@ import sys
 import time
 
 import pytest
-import ray
 
 from stetune.sweep import run_sweep
 from sweep_helpers import check_one_run_per_trial, small_spec, sweep_runs, write_spec
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_local_sweep_one_parent_one_child_per_trial(tmp_path, local_ray):

@@ -93,7 +93,7 @@ def test_kind_dispatch(tmp_path):
     assert spec_from_dict(quick | {"kind": "network"}) == spec_from_dict(quick)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(BASE | {"kind": "theroy"}))
-    with pytest.raises(SpecError, match="kind must be one of \\['network', 'theory'\\], but got "
+    with pytest.raises(SpecError, match="kind must be one of \\['network', 'theory', 'repulsion'\\], but got "
                                         "kind='theroy' \\(did you mean 'theory'\\?\\)"):
         load_sweep_spec(bad)
 
@@ -108,15 +108,6 @@ def test_preset_is_small_and_documented():
 
 
 # -- a real local-Ray run -----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_theory_sweep_on_local_ray(tmp_path, local_ray, capsys):
     from stetune.cli import _finish_sweep

@@ -151,7 +151,8 @@ def test_existing_name_without_resume(sqlite_uri):
 
 def test_secrets_are_masked(sqlite_uri, tmp_path):
     spec = {**SPEC, "storage": {"API_Key": "k-123", "Password": "pw-123", "path": "/data"},
-            "credentials": {"user": "u-123"}, "hooks": [{"token": "tk-123"}]}
+            "credentials": {"user": "u-123"}, "hooks": [{"token": "tk-123"}],
+            "mlflow": {"tracking_uri": "postgresql://alice:db-123@db:5432/mlflow"}}
     tr = SweepTracker(sqlite_uri, "exp-secret", "sec")
     tr.start_sweep(spec)
     run_id = tr.trial_run("t0", params={"lr": 0.1, "aws_secret_access_key": "s-123"},
@@ -161,6 +162,7 @@ def test_secrets_are_masked(sqlite_uri, tmp_path):
     p = parent.data.params
     assert p["storage.API_Key"] == p["storage.Password"] == p["credentials"] == "***"
     assert p["storage.path"] == "/data" and "tk-123" not in p["hooks"]
+    assert p["mlflow.tracking_uri"] == "postgresql://alice:***@db:5432/mlflow"
     assert child.data.params == {"lr": "0.1", "aws_secret_access_key": "***"}
     assert child.data.tags["hf_token"] == "***"
     text = Path(client.download_artifacts(tr.parent_run_id, "spec.yaml", str(tmp_path)))

@@ -66,6 +66,19 @@ def test_resume_is_bit_exact(tmp_path):
     assert all(torch.equal(full[k], cut[k]) for k in full)
 
 
+def test_measure_start_reports_epoch_0_and_leaves_the_run_unchanged(tmp_path):
+    """Epoch 0 measures the start without touching weights, BN statistics or the data order."""
+    spec = dict(QUICK, epochs=2, dataset="digits", limit=300)
+    train(RunSpec(**spec), checkpoint_dir=tmp_path / "plain")
+    seen = []
+    result = train(RunSpec(**spec, measure_start=True), seen.append, checkpoint_dir=tmp_path / "m")
+    assert [m["epoch"] for m in seen] == [0, 1, 2]
+    assert seen[0]["train_loss"] > seen[2]["train_loss"] and 0 <= seen[0]["val_acc"] <= 1
+    assert result.best_val_acc == max(m["val_acc"] for m in seen[1:])
+    plain, measured = _final_weights(tmp_path / "plain"), _final_weights(tmp_path / "m")
+    assert all(torch.equal(plain[k], measured[k]) for k in plain)
+
+
 def test_nan_loss_ends_the_run_as_diverged(tmp_path):
     model = create_model("lenet5", bits=2)
     state = model.state_dict()

@@ -3,6 +3,7 @@ the value, e.g. "max_concurrent must be an int >= 1, but got max_concurrent=0"."
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
@@ -61,6 +62,16 @@ def section(d: dict, key: str, cls, **checks):
     sub = mapping(d.get(key), key)
     check_keys(sub, checks, key)
     return cls(**{k: checks[k](v, f"{key}.{k}") for k, v in sub.items()})
+
+
+def kind_mapping(d: Any, cls, kind: str) -> dict:
+    """The top level of a `kind: <kind>` spec: a mapping of cls's fields (plus `kind`)."""
+    if not isinstance(d, dict):
+        raise SpecError(f"a sweep spec must be a mapping at the top level, but got {d!r}")
+    check_keys(d, ["kind", *(f.name for f in dataclasses.fields(cls))], "")
+    if d.get("kind", kind) != kind:
+        raise SpecError(f"kind must be {kind!r} for a {kind} spec, but got kind={d['kind']!r}")
+    return d
 
 
 def require(d: dict, key: str, path: str, example: str) -> Any:

@@ -1,5 +1,6 @@
 """Loading a sweep spec: YAML file -> `--set` overrides -> validation by its kind's from_dict
-(`kind: network`, the default, is a SweepSpec; `kind: theory` a TheorySweepSpec)."""
+(`kind: network`, the default, is a SweepSpec; `kind: theory` a TheorySweepSpec; `kind:
+repulsion` a RepulsionSpec)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import yaml
 from . import _check as c
 from .run import SpecError
 from .sweep import TRAIN_FIELDS, SweepSpec
+from .repulsion import RepulsionSpec
 from .theory import TheorySweepSpec
 
 __all__ = ["load_sweep_spec", "apply_overrides", "spec_from_dict", "KINDS"]
 
-KINDS = {"network": SweepSpec, "theory": TheorySweepSpec}
+KINDS = {"network": SweepSpec, "theory": TheorySweepSpec, "repulsion": RepulsionSpec}
 
 
 def spec_class(d: dict) -> type:
@@ -29,7 +31,7 @@ def spec_class(d: dict) -> type:
     return KINDS[kind]
 
 
-def spec_from_dict(d: dict) -> SweepSpec | TheorySweepSpec:
+def spec_from_dict(d: dict) -> SweepSpec | TheorySweepSpec | RepulsionSpec:
     """Validate a spec dict (a loaded YAML, or a saved spec.json) as the class its kind names."""
     cls = spec_class(d)
     if cls is SweepSpec:  # SweepSpec has no kind field: an explicit `kind: network` is dropped
@@ -40,8 +42,9 @@ def spec_from_dict(d: dict) -> SweepSpec | TheorySweepSpec:
 def apply_overrides(d: dict, sets: Iterable[str]) -> dict:
     """A copy of `d` with each 'dotted.key=value' set (value read as YAML). In a network spec a
     bare key that is not a top-level key is a train field: `epochs=2` sets train.epochs."""
-    network = spec_class(d) is SweepSpec
-    top = ["kind", *(f.name for f in dataclasses.fields(KINDS["network" if network else "theory"]))]
+    cls = spec_class(d)
+    network = cls is SweepSpec
+    top = ["kind", *(f.name for f in dataclasses.fields(cls))]
     bare = TRAIN_FIELDS if network else ()
     out = copy.deepcopy(d)
     for item in sets:
@@ -86,7 +89,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_sweep_spec(path: str | Path, sets: Iterable[str] = ()) -> SweepSpec | TheorySweepSpec:
+def load_sweep_spec(path: str | Path, sets: Iterable[str] = ()) -> (
+        SweepSpec | TheorySweepSpec | RepulsionSpec):
     """Read a sweep YAML, apply `--set` overrides, validate. Every problem is a SpecError."""
     path = Path(path)
     try:

@@ -45,6 +45,7 @@ class RunSpec:
     init_from: str | None = None     # float (or any same-model) checkpoint to start from
     switch_ste_at: int | None = None  # epoch (1-based) from which `switch_ste` replaces `ste`
     switch_ste: str | None = None
+    measure_start: bool = False      # report an epoch 0: the start weights' losses, before any update
     extra: dict = field(default_factory=dict)  # free-form tags carried into the result
 
     def __post_init__(self):
@@ -89,6 +90,8 @@ class RunSpec:
             fail(f"alpha must be > 0, but got alpha={self.alpha!r}")
         if not (_is_number(self.alpha_scale) and self.alpha_scale > 0):
             fail(f"alpha_scale must be > 0, but got alpha_scale={self.alpha_scale!r}")
+        if not isinstance(self.measure_start, bool):
+            fail(f"measure_start must be true or false, but got measure_start={self.measure_start!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             fail(f"seed must be an int >= 0, but got seed={self.seed!r}")
         if self.device != "auto" and not self.device.split(":")[0] in ("cpu", "cuda", "mps"):

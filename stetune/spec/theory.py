@@ -12,7 +12,6 @@ from typing import Any
 from ..theory.descent import INITS
 from ..theory.model import STES
 from . import _check as c
-from .run import SpecError
 from .sweep import NAME_RULE, Mlflow, Placement
 
 __all__ = ["TheorySweepSpec", "KIND"]
@@ -61,11 +60,7 @@ class TheorySweepSpec(Placement):
 
     @classmethod
     def from_dict(cls, d: Any) -> "TheorySweepSpec":
-        if not isinstance(d, dict):
-            raise SpecError(f"a sweep spec must be a mapping at the top level, but got {d!r}")
-        c.check_keys(d, ["kind", *(f.name for f in dataclasses.fields(cls))], "")
-        if d.get("kind", KIND) != KIND:
-            raise SpecError(f"kind must be {KIND!r} for a theory spec, but got kind={d['kind']!r}")
+        d = c.kind_mapping(d, cls, KIND)
         kw: dict[str, Any] = {
             "name": c.str_field(c.require(d, "name", "", "name: theory"), "name", pattern=NAME_RULE,
                                 rule="a name of characters [A-Za-z0-9_.-]"),

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 import sys
+import tempfile
 from collections import defaultdict
+from pathlib import Path
 
 from ray.tune import Callback
 
-from ..tracking import SweepTracker
+from ..tracking import WEIGHTS_ARTIFACT, SweepTracker
 from .cells import cell_key
 
 __all__ = ["TrackingCallback", "CellProgress", "trial_status", "register_tracker", "get_tracker"]
@@ -54,6 +56,9 @@ class TrackingCallback(Callback):
 
     # last-result keys logged as final/<key> when a trial ends (a subclass may log others)
     final_keys = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch")
+    # phases whose final weights are logged as an artifact: few runs, each one worth starting
+    # from (the repulsion experiment starts from a replicate's minimum by run id)
+    weights_phases = ("pretrain", "replicate")
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, phase: str, epochs: int,
                  fixed: dict | None = None):
@@ -62,9 +67,13 @@ class TrackingCallback(Callback):
         self.fixed = dict(fixed or {})  # the sweep's fixed training fields, logged with each trial
         self._tracker: SweepTracker | None = None
         self._nodes: dict[str, str] = {}
+        self._checkpoints: dict = {}
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_tracker"} | {"_tracker": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update({"_checkpoints": {}} | state)
 
     @property
     def tracker(self) -> SweepTracker:
@@ -97,10 +106,27 @@ class TrackingCallback(Callback):
         metrics = {k: v for k, v in result.items() if k not in TUNE_BOOKKEEPING}
         self.tracker.log_epoch(key, metrics, step=int(result.get("epoch", iteration)))
 
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self._checkpoints[self.key(trial)] = checkpoint
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        self.tracker.end_trial(self.key(trial), trial_status(last, self.epochs),
-                               _finals(last, self.final_keys))
+        status = trial_status(last, self.epochs)
+        checkpoint = self._checkpoints.pop(self.key(trial), None) or trial.checkpoint
+        if self.phase in self.weights_phases and status == "finished" and checkpoint is not None:
+            self._log_weights(self.key(trial), checkpoint)
+        self.tracker.end_trial(self.key(trial), status, _finals(last, self.final_keys))
+
+    def _log_weights(self, key: str, checkpoint) -> None:
+        """The model weights and run spec of the trial's last checkpoint (no optimizer state)."""
+        import torch
+
+        with tempfile.TemporaryDirectory(prefix="stetune-weights-") as tmp:
+            state = torch.load(Path(checkpoint.to_directory(f"{tmp}/ckpt")) / "checkpoint.pt",
+                               map_location="cpu", weights_only=False)
+            out = Path(tmp) / Path(WEIGHTS_ARTIFACT).name
+            torch.save({"model": state["model"], "spec": state["spec"]}, out)
+            self.tracker.log_trial_artifact(key, str(out), str(Path(WEIGHTS_ARTIFACT).parent))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.tracker.end_trial(self.key(trial), "failed",

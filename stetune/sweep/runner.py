@@ -17,7 +17,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
-from ..spec import RunSpec, SweepSpec, TheorySweepSpec
+from ..spec import RepulsionSpec, RunSpec, SweepSpec, TheorySweepSpec
 from ..train import train
 from .callbacks import CellProgress, TrackingCallback, get_tracker, trial_status
 from .cells import CellASHA, CellSearcher, cell_key
@@ -206,7 +206,15 @@ def summary_rows(spec: SweepSpec, state: dict) -> list[dict]:
 def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = False,
               verbose: int = 1) -> dict:
     """Run (or resume) the sweep to the end; returns sweep.json's content plus summary rows.
-    A TheorySweepSpec runs as a theory grid (run_theory_sweep), which does not resume."""
+    A TheorySweepSpec runs as a theory grid (run_theory_sweep), a RepulsionSpec as the repulsion
+    experiment (run_repulsion); neither resumes."""
+    if isinstance(spec, RepulsionSpec):
+        from .repulsion import run_repulsion  # lazy: it imports this module
+
+        if resume:
+            raise ValueError("repulsion experiments cannot be resumed; run the spec again under "
+                             "another name")
+        return run_repulsion(spec, address=address, verbose=verbose)
     if isinstance(spec, TheorySweepSpec):
         from .theory import run_theory_sweep  # lazy: it imports this module
 

@@ -1,0 +1,138 @@
+"""`stetune analyze`: a sweep's Markdown stability report, with its Table-1 files and figures.
+
+Analysis DataFrames in (stetune.analysis), files out (through stetune.export); nothing here
+reads or writes MLflow itself."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .analysis import StabilityRule, SweepData, cell_table, repulsion_table
+from .export import curves_figure, repulsion_figure, save_figure, table1
+
+__all__ = ["write_report", "caption"]
+
+_CELL_COLUMNS = {"cell": "cell", "n": "n", "trials": "trials", "diverged": "diverged",
+                 "divergence_rate": "div. rate", "pruned": "pruned", "spikes": "loss spikes",
+                 "gap_mean": "final - best (pts)", "params": "tuned", "verdict": "verdict",
+                 "reasons": "why"}
+
+
+def caption(data: SweepData) -> str:
+    # plain text: export escapes it for LaTeX
+    return (f"Training loss / validation accuracy (%) at each cell's best epoch, mean ± std over "
+            f"the n replicate seeds; best accuracy per row in bold. Sweep {data.name}.")
+
+
+def write_report(data: SweepData, out_dir: str | Path, rule: StabilityRule = StabilityRule()) -> list[Path]:
+    """Write report.md and its tables/figures into out_dir; returns every file written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    head = [f"# Stability report: sweep `{data.name}`", "",
+            f"- tracking: `{data.tracking_uri}`, experiment `{data.experiment}`, parent run "
+            f"`{data.parent_run_id}`",
+            f"- model `{data.spec.get('model')}`, dataset `{data.spec.get('dataset')}`, "
+            f"{len(data.runs)} trial runs, sweep status {data.status}"]
+    if data.running:
+        done = int((data.runs["status"] != "running").sum())
+        head.append(f"- **the sweep is still running**: this report uses the {done} of "
+                    f"{len(data.runs)} trials that have finished")
+    if data.kind == "repulsion":
+        files, body = _repulsion(data, out)
+    else:
+        files, body = _network(data, out, rule)
+    report = out / "report.md"
+    report.write_text("\n".join(head + [""] + body) + "\n")
+    return [report, *files]
+
+
+def _network(data: SweepData, out: Path, rule: StabilityRule) -> tuple[list[Path], list[str]]:
+    cells = cell_table(data, rule)
+    files = []
+    for fmt, ext in (("markdown", "md"), ("latex", "tex"), ("csv", "csv")):
+        path = out / f"table1.{ext}"
+        path.write_text(table1(cells, fmt, caption=caption(data), label=f"tab:{data.name}"))
+        files.append(path)
+    full = out / "cells.csv"
+    cells.to_csv(full, index=False)
+    files.append(full)
+
+    reps = data.history[data.history["phase"] == "replicate"]
+    source = "replicate runs (the tuned config of each cell, one curve = mean over seeds, band = min-max)"
+    if reps.empty:  # no replicate phase: each cell's best finished search trial
+        best = cells.merge(data.runs, on=["model", "dataset", "bits", "ste"])
+        best = best[best["best_val_acc"] == best["acc_mean"]].drop_duplicates("cell_x")
+        reps = data.history[data.history["run_id"].isin(best["run_id"])]
+        source = "each cell's best search trial (the sweep has no replicate phase)"
+    figs = []
+    if not reps.empty:
+        figs = save_figure(curves_figure(reps, title=f"{data.name}: per-epoch curves per STE"),
+                           out / "curves")
+        files += figs
+
+    stab = cells[list(_CELL_COLUMNS)].rename(columns=_CELL_COLUMNS)
+    stab["div. rate"] = stab["div. rate"].map(lambda x: f"{x:.0%}")
+    stab["final - best (pts)"] = stab["final - best (pts)"].map(
+        lambda x: "–" if not math.isfinite(x) else f"{x * 100:+.2f}")
+    stab["tuned"] = stab["tuned"].map(lambda d: ", ".join(f"{k}={_short(v)}" for k, v in d.items()) or "–")
+    body = ["## Table 1", "", (out / "table1.md").read_text().strip(), "",
+            "Cells: training loss at the epoch of best validation accuracy / that accuracy (%), "
+            "mean ± std over the replicate seeds (n = number of seeds); best per row in bold. "
+            f"Files: `table1.tex` (booktabs), `table1.csv`, `cells.csv` (every statistic).", "",
+            "## Stability per cell", "", stab.to_markdown(index=False), "",
+            f"**Rule.** {rule.describe()} Divergence rate = diverged trials / all trials of the "
+            f"cell, search and replicate. Final - best: the replicates' last-epoch validation "
+            f"accuracy minus their best, in points.", ""]
+    verdicts = cells["verdict"].value_counts().to_dict()
+    body += ["Verdicts: " + ", ".join(f"{n} {v}" for v, n in verdicts.items()) + ".", ""]
+    if figs:
+        body += ["## Curves", "", f"Training loss and validation accuracy per epoch, from {source}.",
+                 "", f"![curves]({figs[1].name})", ""]
+    return files, body
+
+
+def _repulsion(data: SweepData, out: Path) -> tuple[list[Path], list[str]]:
+    rows = repulsion_table(data)
+    factor, probe = rows.attrs["factor"], rows.attrs["probe_epochs"]
+    csv = out / "repulsion.csv"
+    rows.to_csv(csv, index=False)
+    hist = data.history[data.history["phase"] == "repulsion"]
+    start = _start(data.spec)
+    figs = save_figure(repulsion_figure(hist, probe_epochs=probe,
+                                        title=f"{data.name}: continuing from the {start}"),
+                       out / "repulsion")
+    show = rows[["ste", "seeds", "start_loss", "probe_loss", "ratio", "start_acc", "probe_acc",
+                 "final_acc", "verdict"]].copy()
+    for k in ("start_acc", "probe_acc", "final_acc"):
+        show[k] = show[k] * 100
+    show = show.rename(columns={"start_loss": "start loss", "probe_loss": f"loss after {probe} ep.", "ratio": "loss ratio",
+                                "start_acc": "start acc %", "probe_acc": "acc after probe %",
+                                "final_acc": "final acc %"})
+    body = ["## Repulsion", "",
+            f"Start: the {start} ({data.spec.get('bits')} bits). Each STE continues "
+            f"from it for {probe} epochs at lr {data.spec.get('probe.lr')} (the probe)"
+            + (f", then {data.spec.get('schedule.epochs')} epochs of the normal schedule"
+               if int(data.spec.get("schedule.epochs", 0)) else "") + ".", "",
+            show.to_markdown(index=False, floatfmt=".4g"), "",
+            f"**Rule.** Loss ratio = training loss after the probe / training loss at the start "
+            f"(epoch 0: the start weights measured over one pass of the training set in train "
+            f"mode, no update), mean over seeds. **repelled** when the ratio is >= {factor:g}, "
+            f"**diverged** when a seed's loss became non-finite, **held** otherwise.", "",
+            "## Curves", "", f"![repulsion]({figs[1].name})", ""]
+    return [csv, *figs], body
+
+
+def _start(spec: dict) -> str:
+    """Where a repulsion sweep's minimum came from, in words (params hold None as 'None')."""
+    given = {k: v for k in ("ste", "run", "checkpoint")
+             if (v := spec.get(f"start.{k}")) not in (None, "None", "")}
+    if "ste" in given:
+        return f"{given['ste']} minimum"
+    if "run" in given:
+        return f"minimum of MLflow run {given['run']}"
+    return f"minimum in {given.get('checkpoint', '?')}"
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,359 @@
+"""The compose stack's topology without Docker, every part real: PostgreSQL (Debian's server, a
+throwaway cluster) behind `mlflow server` with basic auth and served artifacts, started by the MLflow
+image's own entrypoint (docker/mlflow_server.py); a Ray head with token auth plus one worker node
+(`ray start`); `stetune submit` of the quickstart sweep through the CLI. Then, through the
+authenticated REST APIs only: the runs and the spec.yaml artifact are in MLflow (and its tables in
+PostgreSQL), no secret leaked into a param, tag, artifact, job record or log, and unauthenticated
+requests to MLflow and to the Ray Jobs API are refused.
+
+As in docker/compose.yaml, the head offers no CPUs (trials must run on the worker) and only the
+head has the MLflow credentials, in the environment of `ray start`: the job's driver inherits them;
+the submitting client has only the Ray token. Teardown signals only this module's processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from test_sweep_jobs import base_env, free_ports, http_get, session_pids
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = Path(sys.executable).parent / "ray"
+HEALTH = ROOT / "docker" / "healthcheck.py"
+NAME = "deploy-stack"
+CELLS = {f"{ste}/2" for ste in ("identity", "relu", "clipped_relu")}
+JOB_TIMEOUT = 240  # s; 3 one-epoch trials plus the driver's start take about a minute here
+
+
+def pg_bin() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                      key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return versions[-1].parent if versions else None
+
+
+PG_BIN = pg_bin()
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+    # CI installs it (.ci/run); skip only where the server binaries are absent
+    pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL server binaries not installed "
+                                              "(apt-get install postgresql)"),
+]
+
+
+def wait_for(what: str, ok, proc: subprocess.Popen, log: Path, timeout: float = 120) -> float:
+    t0 = time.monotonic()
+    while not ok():
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+        if time.monotonic() - t0 > timeout:
+            pytest.fail(f"{what} not up in {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+    return time.monotonic() - t0
+
+
+def stop_session(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM the session leader (`ray start --block` stops its Ray processes; the MLflow server
+    its workers), then SIGKILL whatever is left of its session, by pid."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while session_pids(proc.pid) and time.monotonic() < deadline:
+        proc.poll()
+        time.sleep(0.5)
+    for pid in session_pids(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def start(cmd: list, env: dict, log: Path, cwd: Path) -> subprocess.Popen:
+    with open(log, "wb") as f:  # the child keeps its own descriptor
+        return subprocess.Popen([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT,
+                                env=env, cwd=cwd, start_new_session=True)
+
+
+@contextlib.contextmanager
+def postgres(tmp: Path):
+    """A throwaway cluster on 127.0.0.1 with password (scram) auth, databases `mlflow` (as the
+    PostgreSQL image's POSTGRES_DB makes it) and `postgres`. initdb refuses to run as root: as
+    root the cluster belongs to the `postgres` user."""
+    root = os.geteuid() == 0
+    as_owner = ["runuser", "-u", "postgres", "--"] if root else []
+    data, pwfile = tmp / "pgdata", tmp / "pwfile"
+    # percent, at, slash, colon: the entrypoint must quote them in URIs and in the auth ini
+    password = secrets.token_hex(12) + "%@/:"
+    pwfile.write_text(password + "\n")
+    pwfile.chmod(0o600)
+    if root:
+        pg = pwd.getpwnam("postgres")
+        for p in (tmp, pwfile):
+            os.chown(p, pg.pw_uid, pg.pw_gid)
+    (port,) = free_ports(1)
+    subprocess.run([*as_owner, PG_BIN / "initdb", "-D", data, "-U", "stetune", f"--pwfile={pwfile}",
+                    "-A", "scram-sha-256", "-E", "UTF8", "--no-sync"],
+                   check=True, capture_output=True, cwd=tmp)
+    pwfile.unlink()
+    log = tmp / "postgres.log"
+    subprocess.run([*as_owner, PG_BIN / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o",
+                    f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                   check=True, capture_output=True, cwd=tmp)
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="stetune", password=password,
+                                dbname="postgres")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE DATABASE mlflow")
+        conn.close()
+        yield {"host": "127.0.0.1", "port": port, "user": "stetune", "password": password}
+    finally:
+        subprocess.run([*as_owner, PG_BIN / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
+                       capture_output=True, cwd=tmp)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    # short, under /tmp: Ray's unix sockets live here; readable by `postgres` once chowned
+    tmp = Path(tempfile.mkdtemp(prefix="stdeploy-", dir="/tmp"))
+    tmp.chmod(0o711)  # `postgres` may pass through to its own directory, list nothing
+    pg_tmp = tmp / "pg"
+    pg_tmp.mkdir()
+    s = {"tmp": tmp, "ray_token": secrets.token_hex(16), "admin": "stetune-admin",
+         "admin_password": secrets.token_urlsafe(24), "flask_key": secrets.token_hex(24)}
+    procs = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, tmp, True)
+        s["pg"] = pg = stack.enter_context(postgres(pg_tmp))
+        ml_port, gcs_port, dash_port, client_port, head_agent, worker_agent = free_ports(6)
+
+        # MLflow: the image's entrypoint, configured as compose configures it (local artifacts)
+        ml_env = {k: v for k, v in base_env().items() if not k.startswith(("MLFLOW_", "AWS_"))}
+        ml_env.update(
+            MLFLOW_ADMIN_USERNAME=s["admin"], MLFLOW_ADMIN_PASSWORD=s["admin_password"],
+            MLFLOW_FLASK_SERVER_SECRET_KEY=s["flask_key"], POSTGRES_HOST=pg["host"],
+            POSTGRES_PORT=str(pg["port"]), POSTGRES_USER=pg["user"],
+            POSTGRES_PASSWORD=pg["password"], POSTGRES_DB="mlflow", MLFLOW_AUTH_DB="mlflow_auth",
+            MLFLOW_ARTIFACTS_DESTINATION=str(tmp / "artifacts"), MLFLOW_HOST="127.0.0.1",
+            MLFLOW_PORT=str(ml_port), MLFLOW_WORKERS="1", TMPDIR=str(tmp))
+        s["mlflow_log"] = tmp / "mlflow.log"
+        mlflow = start([sys.executable, ROOT / "docker" / "mlflow_server.py"], ml_env,
+                       s["mlflow_log"], tmp)
+        procs.append(mlflow)
+        stack.callback(stop_session, mlflow)
+
+        # Ray head: no CPUs for trials; the MLflow credentials only here, for the driver
+        ray_env = base_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=s["ray_token"])
+        ray_env = {k: v for k, v in ray_env.items() if not k.startswith("MLFLOW_")}
+        # the job's entrypoint runs `python`: this interpreter, on the cluster's PATH
+        ray_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{ray_env.get('PATH', '')}"
+        head_env = dict(ray_env, MLFLOW_TRACKING_USERNAME=s["admin"],
+                        MLFLOW_TRACKING_PASSWORD=s["admin_password"])
+        s["head_log"] = tmp / "head.log"
+        head = start([RAY, "start", "--head", "--block", "--num-cpus", "0",
+                      "--port", gcs_port, "--dashboard-host", "127.0.0.1",
+                      "--dashboard-port", dash_port, "--include-dashboard", "true",
+                      "--ray-client-server-port", client_port,
+                      "--dashboard-agent-listen-port", head_agent,
+                      "--temp-dir", tmp / "ray", "--disable-usage-stats"],
+                     head_env, s["head_log"], tmp)
+        procs.append(head)
+        stack.callback(forget_address_file, tmp / "ray")
+        stack.callback(stop_session, head)
+        s["ray"] = f"http://127.0.0.1:{dash_port}"
+        s["mlflow"] = f"http://127.0.0.1:{ml_port}"
+
+        health = lambda *a: subprocess.run(  # noqa: E731
+            [sys.executable, HEALTH, *a], env=ray_env, capture_output=True).returncode == 0
+        t = wait_for("ray head", lambda: health("ray-head", "--port", str(dash_port)),
+                     head, s["head_log"])
+        print(f"ray head up after {t:.0f} s")
+        # one worker node, 2 CPUs: where every trial must run
+        s["worker_log"] = tmp / "worker.log"
+        worker = start([RAY, "start", "--address", f"127.0.0.1:{gcs_port}", "--block",
+                        "--num-cpus", "2", "--dashboard-agent-listen-port", worker_agent,
+                        # its own, as on another host: a node deletes the job's unpacked
+                        # working_dir in its temp dir when its trials end, under the driver's cwd
+                        "--temp-dir", tmp / "ray-worker", "--disable-usage-stats"],
+                       ray_env, s["worker_log"], tmp)
+        procs.append(worker)
+        stack.callback(stop_session, worker)
+        t = wait_for("mlflow server", lambda: health("mlflow", "--port", str(ml_port)),
+                     mlflow, s["mlflow_log"])
+        print(f"mlflow server up after {t:.0f} s")
+        t = wait_for("ray worker", lambda: len(alive_nodes(s)) == 2, worker, s["worker_log"])
+        print(f"worker node joined after {t:.0f} s")
+        yield s
+
+
+def forget_address_file(temp_dir: Path) -> None:
+    """The head wrote its address to <temp-dir>/ray_current_cluster; remove /tmp/ray's copy only
+    if it is ours, so no later `ray.init()` on this machine tries to join a dead cluster."""
+    from ray._common.utils import get_ray_address_file
+
+    ours, default = temp_dir / "ray_current_cluster", Path(get_ray_address_file(None))
+    with contextlib.suppress(OSError):
+        if ours.exists() and default.read_text().strip() == ours.read_text().strip():
+            default.unlink()
+
+
+def alive_nodes(s: dict) -> list[dict]:
+    code, body = http_get(f"{s['ray']}/api/v0/nodes?limit=100", s["ray_token"])
+    if code != 200:
+        return []
+    rows = json.loads(body)["data"]["result"]["result"]
+    return [n for n in rows if n["state"] == "ALIVE"]
+
+
+def mlflow_api(s: dict, method: str, path: str, auth=True, **kw) -> requests.Response:
+    creds = (s["admin"], s["admin_password"]) if auth is True else auth
+    return requests.request(method, f"{s['mlflow']}{path}", auth=creds, timeout=30, **kw)
+
+
+def test_submit_to_the_stack_logs_everything_to_authenticated_mlflow(stack):
+    s = stack
+    # the client: the Ray token only, no MLflow credentials
+    client_env = {k: v for k, v in base_env(RAY_AUTH_TOKEN=s["ray_token"]).items()
+                  if not k.startswith("MLFLOW_")}
+    sets = [f"name={NAME}", f"storage={s['tmp'] / 'runs'}", f"mlflow.tracking_uri={s['mlflow']}",
+            "train.epochs=1", "train.limit=256", "budget.trials_per_cell=1",
+            "replicates.seeds=[]", "cells.bits=[2]"]
+    sub = subprocess.run([sys.executable, "-m", "stetune.cli", "submit", "sweeps/quickstart.yaml",
+                          "--address", s["ray"], *(a for kv in sets for a in ("--set", kv))],
+                         env=client_env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert sub.returncode == 0, sub.stderr[-4000:]
+    job_id = sub.stdout.strip()
+    assert job_id.startswith("raysubmit_"), sub.stdout
+
+    t0, status, info = time.monotonic(), None, {}
+    while time.monotonic() - t0 < JOB_TIMEOUT:
+        code, body = http_get(f"{s['ray']}/api/jobs/{job_id}", s["ray_token"])
+        assert code == 200, body
+        info = json.loads(body)
+        if (status := info["status"]) in {"SUCCEEDED", "FAILED", "STOPPED"}:
+            break
+        time.sleep(2)
+    code, logs = http_get(f"{s['ray']}/api/jobs/{job_id}/logs", s["ray_token"])
+    assert code == 200, logs
+    logs = json.loads(logs)["logs"]
+    assert status == "SUCCEEDED", f"job {job_id} is {status}: {logs[-6000:]}"
+    print(f"job SUCCEEDED after {time.monotonic() - t0:.0f} s")
+
+    # ---- MLflow, through the authenticated REST API ----
+    r = mlflow_api(s, "GET", "/api/2.0/mlflow/experiments/get-by-name",
+                   params={"experiment_name": NAME})
+    assert r.status_code == 200, r.text
+    exp_id = r.json()["experiment"]["experiment_id"]
+    r = mlflow_api(s, "POST", "/api/2.0/mlflow/runs/search",
+                   json={"experiment_ids": [exp_id], "max_results": 100})
+    assert r.status_code == 200, r.text
+    runs = r.json()["runs"]
+    tags = lambda run: {t["key"]: t["value"] for t in run["data"].get("tags", [])}  # noqa: E731
+    parents = [r for r in runs if tags(r).get("stetune.kind") == "sweep"]
+    children = [r for r in runs if tags(r).get("stetune.kind") == "trial"]
+    assert len(parents) == 1 and len(children) == 3 == len(runs) - 1, [tags(r) for r in runs]
+    parent = parents[0]
+    assert parent["info"]["status"] == "FINISHED"
+    worker_id = next(n["node_id"] for n in alive_nodes(s) if not n["is_head_node"])
+    for c in children:
+        ct = tags(c)
+        assert ct["mlflow.parentRunId"] == parent["info"]["run_id"]
+        assert c["info"]["status"] == "FINISHED" and ct["stetune.status"] == "finished", ct
+        assert ct["stetune.node"] == worker_id, ct  # the head has no CPUs: the worker trained
+        metrics = {m["key"]: m["value"] for m in c["data"]["metrics"]}
+        assert 0.0 <= metrics["val_acc"] <= 1.0 and metrics["epoch"] == 1.0, metrics
+        assert {p["key"] for p in c["data"]["params"]} >= {"lr", "ste", "bits"}
+    assert {tags(c)["stetune.cell"] for c in children} == CELLS
+
+    # the artifact, stored by the server (served artifacts), downloaded through it
+    assert parent["info"]["artifact_uri"].startswith("mlflow-artifacts:"), parent["info"]
+    path = (f"/api/2.0/mlflow-artifacts/artifacts/{exp_id}/{parent['info']['run_id']}"
+            "/artifacts/spec.yaml")
+    r = mlflow_api(s, "GET", path)
+    assert r.status_code == 200, r.text
+    spec_yaml = r.text
+    assert yaml.safe_load(spec_yaml)["name"] == NAME
+    assert list((s["tmp"] / "artifacts").rglob("spec.yaml")), "not in the artifacts destination"
+
+    # the stores are PostgreSQL's: runs in `mlflow`, the admin user in `mlflow_auth`
+    import psycopg2
+
+    pg = s["pg"]
+    for db, query, want in (
+            ("mlflow", "SELECT count(*) FROM runs WHERE experiment_id = %s", int(exp_id)),
+            ("mlflow_auth", "SELECT count(*) FROM users WHERE username = %s AND is_admin",
+             s["admin"])):
+        conn = psycopg2.connect(host=pg["host"], port=pg["port"], user=pg["user"],
+                                password=pg["password"], dbname=db)
+        with conn, conn.cursor() as cur:
+            cur.execute(query, (want,))
+            assert cur.fetchone()[0] == (4 if db == "mlflow" else 1), db
+        conn.close()
+
+    # ---- no secret anywhere it could be read back ----
+    values = [v for run in runs for group in ("params", "tags")
+              for v in (x["value"] for x in run["data"].get(group, []))]
+    code, job_json = http_get(f"{s['ray']}/api/jobs/{job_id}", s["ray_token"])
+    readable = {"params/tags": "\n".join(values), "spec.yaml": spec_yaml,
+                "job record (runtime_env, metadata, entrypoint)": job_json, "job logs": logs,
+                "mlflow server log": s["mlflow_log"].read_text(errors="replace")}
+    for secret_name in ("admin_password", "ray_token", "flask_key"):
+        for where, text in readable.items():
+            assert s[secret_name] not in text, f"{secret_name} readable in the {where}"
+    for where, text in readable.items():
+        assert pg["password"] not in text, f"the PostgreSQL password is readable in the {where}"
+    assert "MLFLOW_TRACKING_PASSWORD" not in job_json  # not shipped in the job's runtime_env
+
+
+def test_unauthenticated_requests_are_refused(stack):
+    s = stack
+    api = "/api/2.0/mlflow/experiments/search"
+    ok = mlflow_api(s, "GET", api, params={"max_results": 10})
+    assert ok.status_code == 200, ok.text  # so the refusals below are about the credentials
+    assert mlflow_api(s, "GET", api, auth=None, params={"max_results": 10}).status_code == 401
+    assert mlflow_api(s, "GET", api, auth=(s["admin"], "wrong-" + s["admin_password"]),
+                      params={"max_results": 10}).status_code == 401
+    # MLflow's old built-in admin does not exist
+    assert mlflow_api(s, "GET", api, auth=("admin", "password1234"),
+                      params={"max_results": 10}).status_code == 401
+    r = mlflow_api(s, "GET", "/api/2.0/mlflow-artifacts/artifacts", auth=None)
+    assert r.status_code == 401, (r.status_code, r.text[:300])
+    # but the health endpoint the container healthcheck uses is public
+    assert requests.get(f"{s['mlflow']}/health", timeout=10).status_code == 200
+
+    # Ray: the Jobs API without the token, and with a wrong one
+    assert http_get(f"{s['ray']}/api/jobs/", s["ray_token"])[0] == 200
+    assert http_get(f"{s['ray']}/api/jobs/", None)[0] == 401
+    assert http_get(f"{s['ray']}/api/jobs/", secrets.token_hex(16))[0] in (401, 403)
+    r = requests.post(f"{s['ray']}/api/jobs/", json={"entrypoint": "echo pwned"}, timeout=10)
+    assert r.status_code == 401, r.text[:300]
+
+    # the container healthchecks: healthy with the cluster token, unhealthy with another
+    env = {"PATH": os.environ["PATH"], "RAY_AUTH_TOKEN": s["ray_token"]}
+    port = s["ray"].rsplit(":", 1)[1]
+    check = lambda *a, **e: subprocess.run(  # noqa: E731
+        [sys.executable, HEALTH, *a], env={**env, **e}, capture_output=True, text=True)
+    assert check("ray-head", "--port", port).returncode == 0
+    bad = check("ray-head", "--port", port, RAY_AUTH_TOKEN=secrets.token_hex(16))
+    assert bad.returncode == 1 and re.match(r"unhealthy: ray-head: HTTP 40[13]", bad.stderr), \
+        bad.stderr
+    assert check("ray-worker").returncode == 0  # raylets run

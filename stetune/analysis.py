@@ -12,6 +12,7 @@ import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,9 +20,10 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from .stability import count_spikes, loss_ratios, repulsion_rows
+from .tracking import redact
 
 __all__ = ["SweepData", "StabilityRule", "AnalysisError", "load_sweep", "cell_table",
-           "repulsion_table", "HISTORY_KEYS", "CELL_KEYS"]
+           "repulsion_table", "HISTORY_KEYS", "CELL_KEYS", "CELL_COLUMNS"]
 
 HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")  # per-epoch curves kept
 CELL_KEYS = ["model", "dataset", "bits", "ste"]  # what identifies a cell across sweeps
@@ -46,7 +48,9 @@ class StabilityRule:
                 f"(search and replicates) diverged; **marginal** when it is not unstable but a "
                 f"replicate had a loss spike, the replicates' mean final-minus-best validation "
                 f"accuracy gap is below -{self.gap_tol * 100:g} points, or any search trial "
-                f"diverged; **stable** otherwise.")
+                f"diverged; **stable** otherwise; **no data** when no run of the cell finished. "
+                f"Table statistics use the finished replicates (a sweep without replicates: the "
+                f"cell's best finished search trial, which then stands in for the replicates).")
 
 
 @dataclass
@@ -102,14 +106,26 @@ def _history(client: MlflowClient, run_id: str) -> list[dict]:
     return [rows[s] for s in sorted(rows)]
 
 
+def _check_sqlite(uri: str) -> None:
+    """A sqlite URI must name an existing file: MLflow would create an empty store there."""
+    if uri.startswith("sqlite:"):
+        from sqlalchemy.engine import make_url
+
+        db = make_url(uri).database
+        if db and db != ":memory:" and not Path(db).expanduser().is_file():
+            raise AnalysisError(f"no MLflow store at {redact(uri)} (the file does not exist)")
+
+
 def load_sweep(name: str, tracking_uri: str, experiment: str | None = None) -> SweepData:
     """Every trial run of sweep `name` (experiment defaults to the sweep name, as in the spec)."""
     experiment = experiment or name
+    _check_sqlite(tracking_uri)
+    where = redact(tracking_uri)  # messages may be logged: no user:password@ in them
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
-        raise AnalysisError(f"no experiment {experiment!r} at {tracking_uri} (experiments there: "
+        raise AnalysisError(f"no experiment {experiment!r} at {where} (experiments there: "
                             f"{names}); pass the sweep's experiment")
     parents = _search_all(client, exp.experiment_id, f"tags.`stetune.kind` = 'sweep' and "
                                                      f"tags.`stetune.sweep` = {_quote(name)}")
@@ -117,7 +133,7 @@ def load_sweep(name: str, tracking_uri: str, experiment: str | None = None) -> S
         known = sorted({r.data.tags.get("stetune.sweep", "?") for r in _search_all(
             client, exp.experiment_id, "tags.`stetune.kind` = 'sweep'")})
         raise AnalysisError(f"no sweep named {name!r} in experiment {experiment!r} at "
-                            f"{tracking_uri}; sweeps there: {known}")
+                            f"{where}; sweeps there: {known}")
     parent = max(parents, key=lambda r: r.info.start_time)
     params = dict(parent.data.params)
     if params.get("kind", "network") not in ("network", "repulsion"):
@@ -194,28 +210,37 @@ def _std(x: pd.Series) -> float:
     return float(x.std(ddof=1)) if len(x) > 1 else math.nan
 
 
+CELL_COLUMNS = [*CELL_KEYS, "cell", "n", "source", "run_ids", "acc_mean", "acc_std", "loss_mean",
+                "loss_std", "gap_mean", "trials", "diverged", "divergence_rate", "pruned", "failed",
+                "spikes", "replicate_spikes", "params", "verdict", "reasons"]
+
+
 def cell_table(data: SweepData, rule: StabilityRule = StabilityRule()) -> pd.DataFrame:
-    """One row per cell. Accuracy/loss statistics come from the replicate runs (the cell's tuned
-    config under several seeds); if a sweep has no replicate phase, from its best finished search
-    trial (n=1, `source` says which). Counts cover every trial of the cell."""
+    """One row per (model, dataset, bits, STE) cell. Accuracy and loss statistics come from the
+    cell's finished replicate runs (its tuned config under several seeds); without a replicate
+    phase, from its best finished search trial (n=1; `source` says which, `run_ids` names them).
+    Counts cover every ended search and replicate trial of the cell; running trials wait."""
     runs = data.runs.copy()
-    if "spikes" in runs and rule != StabilityRule():  # recount under a non-default spike factor
-        loss = data.history.sort_values("epoch").groupby("run_id")["train_loss"]
+    if rule.spike_factor != StabilityRule().spike_factor:  # loaded with the default: recount
+        hist = data.history[data.history["epoch"] >= 1].sort_values("epoch")
+        loss = hist.groupby("run_id")["train_loss"]
         runs["spikes"] = runs["run_id"].map(lambda r: count_spikes(
             loss.get_group(r).tolist() if r in loss.groups else [], rule.spike_factor))
-    done = runs[runs["status"] != "running"]
+    done = runs[(runs["status"] != "running") & runs["phase"].isin(["search", "replicate"])]
     out = []
     for key, cell in done.groupby(CELL_KEYS, sort=True, dropna=False):
         reps = cell[(cell["phase"] == "replicate") & (cell["status"] != "failed")]
-        source = "replicate"
+        stats, source = reps[reps["status"] == "finished"], "replicate"
         if reps.empty:
             fin = cell[(cell["phase"] == "search") & (cell["status"] == "finished")]
-            reps, source = fin.nlargest(1, "best_val_acc"), "search"
-        ok = reps[np.isfinite(reps["best_val_acc"].astype(float))]
+            reps = stats = fin.nlargest(1, "best_val_acc")
+            source = "search"
+        ok = stats[np.isfinite(stats["best_val_acc"].astype(float))]
         n_div = int((cell["status"] == "diverged").sum())
         row = dict(zip(CELL_KEYS, key))
         row.update({
             "cell": cell["cell"].iloc[0], "n": len(ok), "source": source if len(ok) else None,
+            "run_ids": list(ok["run_id"]),
             "acc_mean": ok["best_val_acc"].mean() if len(ok) else math.nan,
             "acc_std": _std(ok["best_val_acc"]),
             "loss_mean": ok["train_loss_at_best"].mean() if len(ok) else math.nan,
@@ -228,7 +253,7 @@ def cell_table(data: SweepData, rule: StabilityRule = StabilityRule()) -> pd.Dat
             "params": _tuned(reps, data.tuned)})
         row["verdict"], row["reasons"] = _verdict(row, reps, rule)
         out.append(row)
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=CELL_COLUMNS)
 
 
 def _tuned(reps: pd.DataFrame, names: list[str]) -> dict:
@@ -242,6 +267,7 @@ def _tuned(reps: pd.DataFrame, names: list[str]) -> dict:
 
 def _verdict(row: dict, reps: pd.DataFrame, rule: StabilityRule) -> tuple[str, str]:
     hard, soft = [], []
+    runs = "replicates" if row["source"] == "replicate" else "the best search trial"
     rep_div = int((reps["status"] == "diverged").sum()) if row["source"] == "replicate" else 0
     if rep_div:
         hard.append(f"{rep_div} replicate(s) diverged")
@@ -250,7 +276,7 @@ def _verdict(row: dict, reps: pd.DataFrame, rule: StabilityRule) -> tuple[str, s
     if row["n"] == 0 and not hard:
         return "no data", "no finished run to judge"
     if row["replicate_spikes"]:
-        soft.append(f"{row['replicate_spikes']} loss spike(s) in replicates")
+        soft.append(f"{row['replicate_spikes']} loss spike(s) in {runs}")
     if math.isfinite(row["gap_mean"]) and row["gap_mean"] < -rule.gap_tol:
         soft.append(f"final acc {row['gap_mean'] * 100:+.2f} points from best")
     if row["diverged"] and not hard:
@@ -266,7 +292,8 @@ def repulsion_table(data: SweepData) -> pd.DataFrame:
         raise AnalysisError(f"sweep {data.name!r} is a {data.kind} sweep, not a repulsion one")
     probe, factor = int(data.spec["probe.epochs"]), float(data.spec["repelled_factor"])
     trials = []
-    for run in data.runs[data.runs["phase"] == "repulsion"].itertuples():
+    ended = data.runs["status"].isin(["finished", "diverged"])  # running/failed: nothing to judge
+    for run in data.runs[(data.runs["phase"] == "repulsion") & ended].itertuples():
         h = data.history[data.history["run_id"] == run.run_id].to_dict("records")
         trials.append({"ste": run.ste, "seed": run.seed, "status": run.status,
                        **loss_ratios(h, probe)})

@@ -3,6 +3,7 @@ as a stability report with figures, or as the paper's Table 1 in LaTeX, Markdown
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import warnings
@@ -31,12 +32,17 @@ def add_parsers(sub) -> None:
                     "run under analysis/. A repulsion sweep gets its loss-ratio table and curves.")
     _common(a)
     a.add_argument("--out", help="output folder (default: <storage>/<name>/analysis)")
-    a.add_argument("--spike-factor", type=float, default=1.5,
-                   help="a loss spike: an epoch's training loss above this x the running minimum")
-    a.add_argument("--gap-tol", type=float, default=0.01,
-                   help="final-minus-best validation accuracy below -this makes a cell marginal")
-    a.add_argument("--max-divergence", type=float, default=0.5,
-                   help="share of a cell's trials diverging above which it is unstable")
+    a.add_argument("--spike-factor", type=_number("--spike-factor", "a number > 1", lambda x: x > 1),
+                   default=1.5, help="a loss spike: an epoch's training loss above this x the "
+                                     "running minimum (default: %(default)s)")
+    a.add_argument("--gap-tol", type=_number("--gap-tol", "a fraction in [0, 1]",
+                                             lambda x: 0 <= x <= 1), default=0.01,
+                   help="a final-minus-best validation accuracy below -this (a fraction: 0.01 = "
+                        "1 point) makes a cell marginal (default: %(default)s)")
+    a.add_argument("--max-divergence", type=_number("--max-divergence", "a fraction in [0, 1]",
+                                                    lambda x: 0 <= x <= 1), default=0.5,
+                   help="share of a cell's trials diverging above which it is unstable "
+                        "(default: %(default)s)")
     a.add_argument("--no-log", action="store_true",
                    help="do not log the files to the sweep's MLflow parent run")
     a.set_defaults(func=_run_analyze)
@@ -49,9 +55,23 @@ def add_parsers(sub) -> None:
     _common(e)
     e.add_argument("--format", required=True, choices=["latex", "markdown", "csv"])
     e.add_argument("--out", required=True, help="output file ('-' for standard output)")
-    e.add_argument("--caption", help="LaTeX caption (default: says what the cells are)")
+    e.add_argument("--caption", help="table caption, LaTeX and Markdown (default: says what the "
+                                     "cells are)")
     e.add_argument("--label", help="LaTeX label (default: tab:<name>)")
     e.set_defaults(func=_run_export)
+
+
+def _number(flag: str, rule: str, test):
+    """An argparse type: a float passing `test`, else "FLAG must be RULE, but got FLAG=VALUE"."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not test(value):
+            raise argparse.ArgumentTypeError(f"{flag} must be {rule}, but got {flag}={text}")
+        return value
+    return parse
 
 
 def locate(name: str, storage: str, tracking_uri: str | None,
@@ -65,12 +85,19 @@ def locate(name: str, storage: str, tracking_uri: str | None,
         from .spec import spec_from_dict
 
         spec = spec_from_dict(json.loads(saved.read_text()))
-        return spec.resolved_tracking_uri(), experiment or spec.resolved_experiment()
+        # the default store sits next to spec.json; a relative `storage` in the spec would
+        # resolve against whatever directory this command runs in
+        uri = spec.mlflow.tracking_uri or f"sqlite:///{saved.parent / 'mlflow.db'}"
+        return uri, experiment or spec.resolved_experiment()
     return tracking_uri, experiment or name
 
 
 def _load(args, command: str):
+    from mlflow.exceptions import MlflowException
+
     from .analysis import AnalysisError, load_sweep
+    from .spec import SpecError
+    from .tracking import redact
 
     try:
         uri, experiment = locate(args.name, args.storage, args.tracking_uri, args.experiment)
@@ -81,9 +108,13 @@ def _load(args, command: str):
             if issubclass(w.category, UserWarning) and "still running" in str(w.message):
                 print(f"stetune {command}: note: {w.message}", file=sys.stderr)
         return data
-    except (LookupError, AnalysisError) as e:
+    except (LookupError, AnalysisError, SpecError) as e:
         print(f"stetune {command}: error: {e}", file=sys.stderr)
-        return None
+    except MlflowException as e:  # e.g. 401 from a server with auth: say where and why, briefly
+        print(f"stetune {command}: error: MLflow at {redact(args.tracking_uri or '(spec.json)')}: "
+              f"{str(e).splitlines()[0]} (credentials: MLFLOW_TRACKING_USERNAME and "
+              f"MLFLOW_TRACKING_PASSWORD)", file=sys.stderr)
+    return None
 
 
 def _run_analyze(args) -> int:
@@ -118,7 +149,12 @@ def _run_export(args) -> int:
         print(f"stetune export: error: sweep '{args.name}' is a {data.kind} sweep; Table 1 needs "
               f"a network sweep (use stetune analyze)", file=sys.stderr)
         return 2
-    text = table1(cell_table(data), args.format, caption=args.caption or caption(data),
+    cells = cell_table(data)
+    if cells.empty:
+        print(f"stetune export: error: sweep '{args.name}' has no finished trial yet",
+              file=sys.stderr)
+        return 2
+    text = table1(cells, args.format, caption=args.caption or caption(data),
                   label=args.label or f"tab:{args.name}")
     if args.out == "-":
         sys.stdout.write(text)

@@ -13,7 +13,7 @@ Number formats (one rule everywhere, matching the paper's precision):
   - bold = highest mean accuracy *as displayed* (2 decimals), so every cell that reads as the row's
     best is bold (ties bold together); a row without any finished cell gets no bold.
   - replicate counts go into an "n" column: one number when all STEs of the row agree, else the
-    counts per STE in column order ("3, 3, 2").
+    counts per STE in column order ("3,3,2").
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .analysis import StabilityRule, SweepData, cell_table, repulsion_table
 from .export import curves_figure, repulsion_figure, save_figure, table1
+from .tracking import redact
 
 __all__ = ["write_report", "caption"]
 
@@ -30,7 +31,7 @@ def write_report(data: SweepData, out_dir: str | Path, rule: StabilityRule = Sta
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     head = [f"# Stability report: sweep `{data.name}`", "",
-            f"- tracking: `{data.tracking_uri}`, experiment `{data.experiment}`, parent run "
+            f"- tracking: `{redact(data.tracking_uri)}`, experiment `{data.experiment}`, parent run "
             f"`{data.parent_run_id}`",
             f"- model `{data.spec.get('model')}`, dataset `{data.spec.get('dataset')}`, "
             f"{len(data.runs)} trial runs, sweep status {data.status}"]
@@ -38,7 +39,9 @@ def write_report(data: SweepData, out_dir: str | Path, rule: StabilityRule = Sta
         done = int((data.runs["status"] != "running").sum())
         head.append(f"- **the sweep is still running**: this report uses the {done} of "
                     f"{len(data.runs)} trials that have finished")
-    if data.kind == "repulsion":
+    if not (data.runs["status"] != "running").any():
+        files, body = [], ["No trial has finished yet: nothing to analyse."]
+    elif data.kind == "repulsion":
         files, body = _repulsion(data, out)
     else:
         files, body = _network(data, out, rule)
@@ -58,13 +61,13 @@ def _network(data: SweepData, out: Path, rule: StabilityRule) -> tuple[list[Path
     cells.to_csv(full, index=False)
     files.append(full)
 
-    reps = data.history[data.history["phase"] == "replicate"]
-    source = "replicate runs (the tuned config of each cell, one curve = mean over seeds, band = min-max)"
-    if reps.empty:  # no replicate phase: each cell's best finished search trial
-        best = cells.merge(data.runs, on=["model", "dataset", "bits", "ste"])
-        best = best[best["best_val_acc"] == best["acc_mean"]].drop_duplicates("cell_x")
-        reps = data.history[data.history["run_id"].isin(best["run_id"])]
-        source = "each cell's best search trial (the sweep has no replicate phase)"
+    # the runs behind the table: finished replicates, or each cell's best search trial
+    reps = data.history[data.history["run_id"].isin(
+        [r for ids in cells["run_ids"] for r in ids]) & (data.history["epoch"] >= 1)]
+    source = ("the finished replicate runs (each cell's tuned config; curve = mean over seeds, "
+              "band = min-max)" if (cells["source"] == "replicate").all() else
+              "the runs behind Table 1 (replicates; each cell's best search trial where the "
+              "sweep has no replicates)")
     figs = []
     if not reps.empty:
         figs = save_figure(curves_figure(reps, title=f"{data.name}: per-epoch curves per STE"),
@@ -79,7 +82,7 @@ def _network(data: SweepData, out: Path, rule: StabilityRule) -> tuple[list[Path
     body = ["## Table 1", "", (out / "table1.md").read_text().strip(), "",
             "Cells: training loss at the epoch of best validation accuracy / that accuracy (%), "
             "mean ± std over the replicate seeds (n = number of seeds); best per row in bold. "
-            f"Files: `table1.tex` (booktabs), `table1.csv`, `cells.csv` (every statistic).", "",
+            "Files: `table1.tex` (booktabs), `table1.csv`, `cells.csv` (every statistic).", "",
             "## Stability per cell", "", stab.to_markdown(index=False), "",
             f"**Rule.** {rule.describe()} Divergence rate = diverged trials / all trials of the "
             f"cell, search and replicate. Final - best: the replicates' last-epoch validation "
@@ -97,13 +100,16 @@ def _repulsion(data: SweepData, out: Path) -> tuple[list[Path], list[str]]:
     factor, probe = rows.attrs["factor"], rows.attrs["probe_epochs"]
     csv = out / "repulsion.csv"
     rows.to_csv(csv, index=False)
-    hist = data.history[data.history["phase"] == "repulsion"]
+    hist = data.history[(data.history["phase"] == "repulsion")
+                        & data.history["status"].isin(["finished", "diverged"])]
     start = _start(data.spec)
     figs = save_figure(repulsion_figure(hist, probe_epochs=probe,
                                         title=f"{data.name}: continuing from the {start}"),
                        out / "repulsion")
     show = rows[["ste", "seeds", "start_loss", "probe_loss", "ratio", "start_acc", "probe_acc",
                  "final_acc", "verdict"]].copy()
+    show.insert(5, "ratio range (seeds)", [f"{lo:.3f} - {hi:.3f}" for lo, hi in
+                                           zip(rows["ratio_min"], rows["ratio_max"])])
     for k in ("start_acc", "probe_acc", "final_acc"):
         show[k] = show[k] * 100
     show = show.rename(columns={"start_loss": "start loss", "probe_loss": f"loss after {probe} ep.", "ratio": "loss ratio",

@@ -44,7 +44,8 @@ WEIGHTS_ARTIFACT = "weights/model.pt"  # a trial's final weights (replicate, pre
 _SWEEP_STATUSES = ("FINISHED", "FAILED", "KILLED")
 _SECRET = re.compile(r"password|passwd|token|secret|key|credential", re.IGNORECASE)
 _MASK = "***"
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/@:\s]*:)[^/@\s]+(?=@)")  # scheme://user:PW@
+# scheme://user:PASSWORD@host: the password runs to the last '@' before the host (it may hold '@')
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/@:\s]*:)[^/\s]+(?=@[^@/\s]*(?:[/?#\s]|$))")
 _VERSIONED_PACKAGES = ("torch", "ray", "mlflow", "optuna")
 
 
@@ -59,7 +60,7 @@ def download_weights(tracking_uri: str, run_id: str, dst_dir: str | Path) -> Pat
     try:
         client.get_run(run_id)
     except MlflowException as e:
-        raise ValueError(f"start.run must be an MLflow run id at {tracking_uri}, but got "
+        raise ValueError(f"start.run must be an MLflow run id at {redact(tracking_uri)}, but got "
                          f"start.run={run_id!r} ({e.error_code})") from None
     try:
         return Path(client.download_artifacts(run_id, WEIGHTS_ARTIFACT, str(dst_dir)))

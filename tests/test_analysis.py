@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from stetune.analysis import AnalysisError, StabilityRule, cell_table, load_sweep
 from stetune.cli import main
 from stetune.export import curves_figure
+from stetune.stability import count_spikes
 from stetune.sweep import run_sweep
 from stetune.tracking import SweepTracker
 from sweep_helpers import small_spec, sweep_runs
@@ -89,6 +90,12 @@ def test_stability_rule_is_applied_and_recounted(swept):
     strict = cell_table(data, StabilityRule(spike_factor=1.0001, max_divergence=0.0))
     # any diverged trial is now over the (zero) divergence limit
     assert ((strict["diverged"] > 0) == (strict["verdict"] == "unstable")).all()
+    # spikes recounted from the MLflow histories under the new factor: any rise over the minimum
+    for row in strict.itertuples():
+        runs = data.runs[(data.runs["cell"] == row.cell) & (data.runs["status"] != "running")]
+        expected = sum(count_spikes(data.history.loc[data.history["run_id"] == r].sort_values(
+            "epoch")["train_loss"].tolist(), 1.0001) for r in runs["run_id"])
+        assert row.spikes == expected
     assert "1.5x" in StabilityRule().describe() and "unstable" in StabilityRule().describe()
 
 
@@ -144,6 +151,10 @@ def test_unknown_and_empty_sweeps_are_clear_errors(swept, tmp_path, capsys):
     SweepTracker(data.tracking_uri, "empty-exp", "empty").start_sweep({"name": "empty"})
     with pytest.raises(AnalysisError, match="has no trial runs yet"):
         load_sweep("empty", data.tracking_uri, experiment="empty-exp")
+    missing = tmp_path / "none.db"
+    with pytest.raises(AnalysisError, match="no MLflow store at"):
+        load_sweep("x", f"sqlite:///{missing}")
+    assert not missing.exists()  # analysis never creates a store
     assert main(["export", "missing", "--storage", str(tmp_path), "--format", "csv", "--out", "-"]) == 2
     assert "no sweep named 'missing'" in capsys.readouterr().err
 
@@ -171,3 +182,16 @@ def test_a_running_sweep_is_analysed_from_what_has_finished(swept):
     assert cells["trials"].tolist() == [1]  # the running trial is left out
     assert cells["source"].tolist() == ["search"] and cells["acc_mean"].tolist() == [0.8]
     assert math.isnan(cells["acc_std"].iloc[0])  # n=1: no std
+
+    # nothing finished yet: an empty table with every column, and export says why
+    tracker2 = SweepTracker(data.tracking_uri, "running-exp", "live2")
+    tracker2.start_sweep({"name": "live2"})
+    tracker2.trial_run("search-0", params={"ste": "relu", "bits": 2, "seed": 0},
+                       tags={"stetune.ste": "relu", "stetune.bits": "2", "stetune.cell": "relu/2",
+                             "stetune.phase": "search"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        empty = cell_table(load_sweep("live2", data.tracking_uri, experiment="running-exp"))
+    assert empty.empty and {"acc_mean", "verdict", "run_ids"} <= set(empty.columns)
+    assert main(["export", "live2", "--tracking-uri", data.tracking_uri, "--experiment",
+                 "running-exp", "--format", "csv", "--out", "-"]) == 2

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from stetune.analysis import load_sweep, repulsion_table
+from stetune.analysis import cell_table, load_sweep, repulsion_table
 from stetune.cli import main
 from stetune.export import repulsion_figure
 from stetune.spec import RepulsionSpec, SpecError, load_sweep_spec
@@ -68,7 +68,7 @@ def test_spikes_ratios_and_verdicts():
 
 # -- slow: a real experiment (local_ray: conftest) ------------------------------------------------
 @pytest.mark.slow
-def test_repulsion_from_a_trained_start_and_from_its_mlflow_run(tmp_path, local_ray):
+def test_repulsion_from_a_trained_start_and_from_its_mlflow_run(tmp_path, local_ray, monkeypatch):
     from stetune.sweep import run_sweep
 
     first = RepulsionSpec.from_dict({**TINY, "storage": str(tmp_path)})
@@ -88,6 +88,7 @@ def test_repulsion_from_a_trained_start_and_from_its_mlflow_run(tmp_path, local_
         steps = sorted(data.history.loc[data.history["run_id"] == run.run_id, "epoch"])
         assert steps == ([1, 2] if run.phase == "pretrain" else [0, 1, 2])
     start_run = data.runs.loc[data.runs["phase"] == "pretrain", "run_id"].item()
+    assert cell_table(data).empty  # the start (a pretrain run) is no Table-1 cell
     assert WEIGHTS_ARTIFACT in {a.path for a in client.list_artifacts(start_run, "weights")}
 
     # the analysis recomputes the same verdicts from MLflow alone
@@ -104,13 +105,19 @@ def test_repulsion_from_a_trained_start_and_from_its_mlflow_run(tmp_path, local_
     assert "## Repulsion" in (out / "report.md").read_text()
     assert (out / "repulsion.png").read_bytes().startswith(b"\x89PNG")
 
-    # second experiment: start from the first one's MLflow run (its logged weights)
-    d = {**TINY, "name": "tiny-rep-2", "storage": str(tmp_path), "stes": ["relu"],
+    # second experiment, from the CLI with the default relative storage: start from the first
+    # one's MLflow run (its logged weights)
+    d = {**TINY, "name": "tiny-rep-2", "stes": ["relu"],
          "start": {"run": start_run, "tracking_uri": first.resolved_tracking_uri()}}
     spec_file = tmp_path / "second.yaml"
     spec_file.write_text(yaml.safe_dump(d))
+    monkeypatch.chdir(tmp_path)
     assert main(["sweep", str(spec_file), "--quiet"]) == 0
-    second = load_sweep("tiny-rep-2", RepulsionSpec.from_dict(d).resolved_tracking_uri())
+    second = load_sweep("tiny-rep-2", f"sqlite:///{tmp_path}/runs/tiny-rep-2/mlflow.db")
     assert sorted(second.runs["phase"]) == ["repulsion"]  # nothing trained: weights downloaded
     start_loss = second.history.loc[second.history["epoch"] == 0, "train_loss"].item()
     assert start_loss == pytest.approx(rows["identity"]["start_loss"], rel=1e-6)
+    # analysed from another directory: spec.json's relative storage must not mislead it
+    monkeypatch.chdir(tmp_path / "report")
+    assert main(["analyze", "tiny-rep-2", "--storage", str(tmp_path / "runs"), "--no-log"]) == 0
+    assert (tmp_path / "runs" / "tiny-rep-2" / "analysis" / "repulsion.png").exists()

@@ -30,7 +30,8 @@ class Start:
     """Where the minimum comes from: exactly one of checkpoint, run, or ste (+ train) to train it."""
     checkpoint: str | None = None    # a weights file: a training checkpoint or a bare state_dict
     run: str | None = None           # an MLflow run id with a `weights/model.pt` artifact
-    tracking_uri: str | None = None  # where `run` lives; None: this spec's tracking URI
+    tracking_uri: str | None = None  # where `run` lives; None: this spec's own tracking URI
+    #                                  (a default sqlite store is new: name the earlier sweep's)
     ste: str | None = None           # train the start here, with this STE ...
     train: dict = field(default_factory=dict)  # ... and these RunSpec fields (epochs, lr, ...)
 

@@ -22,7 +22,10 @@ __all__ = ["SweepSpec", "Param", "Cells", "Budget", "Replicates", "Asha", "Resou
 TUNABLE = ("lr", "momentum", "weight_decay", "batch_size", "gamma", "alpha_scale")
 INT_TUNABLE = ("batch_size",)  # sampled with dist int or choice only
 SWEEP_OWNED = ("model", "dataset", "ste", "bits", "seed", "init_from", "switch_ste", "switch_ste_at")
-TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(RunSpec) if f.name not in SWEEP_OWNED)
+# measure_start (an epoch-0 report) belongs to the repulsion experiment: in a network sweep it
+# would count as a Tune iteration and end every ASHA trial one epoch early
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(RunSpec)
+                     if f.name not in SWEEP_OWNED and f.name != "measure_start")
 PRETRAIN_FIELDS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "milestones", "gamma")
 PRETRAIN_INHERITS = ("device", "data_dir", "limit")  # from train: both stages see the same data
 METRIC_MODES = {"val_acc": "max", "val_loss": "min", "train_loss": "min", "train_acc": "max"}

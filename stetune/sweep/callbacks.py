@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -113,9 +114,13 @@ class TrackingCallback(Callback):
         last = trial.last_result or {}
         status = trial_status(last, self.epochs)
         checkpoint = self._checkpoints.pop(self.key(trial), None) or trial.checkpoint
-        if self.phase in self.weights_phases and status == "finished" and checkpoint is not None:
-            self._log_weights(self.key(trial), checkpoint)
-        self.tracker.end_trial(self.key(trial), status, _finals(last, self.final_keys))
+        try:
+            if self.phase in self.weights_phases and status == "finished" and checkpoint is not None:
+                self._log_weights(self.key(trial), checkpoint)
+        except Exception as e:  # the trial's result stands without its weights: don't lose the sweep
+            warnings.warn(f"trial {self.key(trial)}: its weights were not logged to MLflow: {e!r}")
+        finally:
+            self.tracker.end_trial(self.key(trial), status, _finals(last, self.final_keys))
 
     def _log_weights(self, key: str, checkpoint) -> None:
         """The model weights and run spec of the trial's last checkpoint (no optimizer state)."""
@@ -129,6 +134,7 @@ class TrackingCallback(Callback):
             self.tracker.log_trial_artifact(key, str(out), str(Path(WEIGHTS_ARTIFACT).parent))
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._checkpoints.pop(self.key(trial), None)
         self.tracker.end_trial(self.key(trial), "failed",
                                _finals(trial.last_result or {}, self.final_keys))
 

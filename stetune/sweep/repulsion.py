@@ -58,12 +58,12 @@ def repulsion_trial(config: dict, spec: dict, init_state: bytes | None = None) -
 
 # -- driver ----------------------------------------------------------------------------------------
 def _tuner(spec: RepulsionSpec, phase: str, configs: list[dict], init: bytes | None, epochs: int,
-           verbose: int) -> tune.Tuner:
+           verbose: int, fixed: dict) -> tune.Tuner:
     trainable = tune.with_resources(
         tune.with_parameters(repulsion_trial, spec=spec.to_dict(), init_state=init),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial})
     callbacks = [TrackingCallback(spec.resolved_tracking_uri(), spec.resolved_experiment(),
-                                  spec.name, phase, epochs, fixed=spec.train),
+                                  spec.name, phase, epochs, fixed=fixed),
                  CellProgress(phase, "train_loss", "min", epochs, len(spec.seeds))]
     return tune.Tuner(
         trainable, param_space={"cfg": tune.grid_search(configs)},
@@ -91,7 +91,9 @@ def _start_weights(spec: RepulsionSpec, state: dict, verbose: int) -> bytes:
     else:
         run = spec.start_spec().resolved()
         cfg = {"phase": "pretrain", "ste": run.ste, "bits": run.bits, "seed": run.seed}
-        result = _tuner(spec, "pretrain", [cfg], None, run.epochs, verbose).fit()[0]
+        # its MLflow params: how the start was trained (start.train over the shared fields)
+        fixed = {**spec.train, **spec.start.train}
+        result = _tuner(spec, "pretrain", [cfg], None, run.epochs, verbose, fixed).fit()[0]
         last = result.metrics or {}
         if result.error or result.checkpoint is None or last.get("status") == "diverged":
             raise RuntimeError(f"training the start minimum ended {last.get('status', 'failed')}"
@@ -112,7 +114,9 @@ def run_repulsion(spec: RepulsionSpec, *, address: str | None = None, verbose: i
         configs = [{"phase": "repulsion", "ste": ste, "bits": spec.bits, "seed": seed}
                    for ste in spec.continued_stes() for seed in spec.seeds]
         trials = []
-        for result in _tuner(spec, "repulsion", configs, init, spec.epochs, verbose).fit():
+        fixed = {**spec.train, "probe.epochs": spec.probe.epochs, "probe.lr": spec.probe.lr,
+                 "schedule.epochs": spec.schedule.epochs}
+        for result in _tuner(spec, "repulsion", configs, init, spec.epochs, verbose, fixed).fit():
             cfg = result.config["cfg"]
             history = result.metrics_dataframe
             rows = [] if history is None else history.sort_values("epoch").to_dict("records")

@@ -25,7 +25,7 @@ __all__ = ["run_repulsion", "repulsion_trial", "format_repulsion"]
 
 # -- trials: run on workers ------------------------------------------------------------------------
 def repulsion_trial(config: dict, spec: dict, init_state: bytes | None = None) -> None:
-    """`start`: train the start minimum. `repulsion`: probe (epoch 0 + probe epochs), then the
+    """Phase `pretrain`: train the start minimum. Phase `repulsion`: probe (epoch 0 + probe epochs), then the
     schedule, numbered on (probe.epochs + 1, ...); each stage checkpoints in its own folder of
     the Tune checkpoint, so a retried trial resumes inside the stage it was in."""
     cfg = config["cfg"]
@@ -64,7 +64,8 @@ def _tuner(spec: RepulsionSpec, phase: str, configs: list[dict], init: bytes | N
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial})
     callbacks = [TrackingCallback(spec.resolved_tracking_uri(), spec.resolved_experiment(),
                                   spec.name, phase, epochs, fixed=fixed),
-                 CellProgress(phase, "train_loss", "min", epochs, len(spec.seeds))]
+                 CellProgress(phase, "train_loss", "min", epochs, per_cell=len(configs) if
+                              phase == "pretrain" else len(spec.seeds))]
     return tune.Tuner(
         trainable, param_space={"cfg": tune.grid_search(configs)},
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent,

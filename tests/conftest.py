@@ -7,10 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
+
+from service_helpers import wait_for
 
 
 def free_port() -> int:
@@ -40,21 +41,18 @@ def mlflow_server(tmp_path_factory):
     # Own session: teardown signals the server and the workers it spawned, nothing else.
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
                             start_new_session=True)
-    url, t0 = f"http://127.0.0.1:{port}", time.monotonic()
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(tmp / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() - t0 > 60:
-                pytest.fail(f"no /health in 60 s: {(tmp / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.25)
-        print(f"mlflow server healthy after {time.monotonic() - t0:.1f} s")
+        waited = wait_for("mlflow server", healthy, proc, tmp / "server.log", timeout=60)
+        print(f"mlflow server healthy after {waited:.1f} s")
         yield url, tmp
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -19,7 +19,6 @@ import pwd
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import pytest
 import requests
 import yaml
 
-from test_sweep_jobs import base_env, free_ports, http_get, session_pids
+from service_helpers import base_env, free_ports, http_get, stop_session, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
@@ -57,32 +56,6 @@ pytestmark = [
     pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL server binaries not installed "
                                               "(apt-get install postgresql)"),
 ]
-
-
-def wait_for(what: str, ok, proc: subprocess.Popen, log: Path, timeout: float = 120) -> float:
-    t0 = time.monotonic()
-    while not ok():
-        if proc.poll() is not None:
-            pytest.fail(f"{what} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
-        if time.monotonic() - t0 > timeout:
-            pytest.fail(f"{what} not up in {timeout:.0f} s:\n{log.read_text()[-4000:]}")
-        time.sleep(0.5)
-    return time.monotonic() - t0
-
-
-def stop_session(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM the session leader (`ray start --block` stops its Ray processes; the MLflow server
-    its workers), then SIGKILL whatever is left of its session, by pid."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while session_pids(proc.pid) and time.monotonic() < deadline:
-        proc.poll()
-        time.sleep(0.5)
-    for pid in session_pids(proc.pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait(10)
 
 
 def start(cmd: list, env: dict, log: Path, cwd: Path) -> subprocess.Popen:

@@ -12,18 +12,16 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+
+from service_helpers import base_env, free_ports, http_get, stop_session, wait_for
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
@@ -33,47 +31,6 @@ RAY = Path(sys.executable).parent / "ray"
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 JOB_TIMEOUT = 200  # s; the 6 one-epoch trials take about 2 min on 2 busy cores
 CELLS = {f"{ste}/{bits}" for ste in ("identity", "relu", "clipped_relu") for bits in (2, 4)}
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def base_env(home: Path | None = None, **auth: str) -> dict:
-    """This environment without any Ray address or auth setting, plus `auth`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(auth)
-    if home is not None:
-        env["HOME"] = str(home)
-    return env
-
-
-def session_pids(sid: int) -> list[int]:
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:  # state ppid pgrp session ...
-            pids.append(int(stat.parent.name))
-    return pids
-
-
-def http_get(url: str, token: str | None) -> tuple[int, str]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 @pytest.fixture(scope="module")
@@ -97,38 +54,23 @@ def ray_head():
     log = open(log_path, "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp,
                             start_new_session=True)
-    address, t0 = f"http://127.0.0.1:{dash_port}", time.monotonic()
+    address = f"http://127.0.0.1:{dash_port}"
+
+    def up() -> bool:
+        try:  # /api/version is behind the token too: 401 without it
+            return (http_get(f"{address}/api/version", token)[0] == 200
+                    and http_get(f"{address}/api/jobs/", token)[0] == 200)
+        except OSError:
+            return False
+
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ray start exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                # /api/version is behind the token too: 401 without it
-                if (http_get(f"{address}/api/version", token)[0] == 200
-                        and http_get(f"{address}/api/jobs/", token)[0] == 200):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() - t0 > 120:
-                pytest.fail(f"Ray dashboard not up in 120 s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.5)
-        print(f"ray head up after {time.monotonic() - t0:.1f} s at {address}")
+        waited = wait_for("ray start", up, proc, log_path)
+        print(f"ray head up after {waited:.1f} s at {address}")
         yield address, token
     finally:
         # SIGTERM to `ray start --block`: it stops its Ray processes (raylet, GCS, dashboard,
         # workers, the job's driver); whatever is left of its session is then SIGKILLed by pid
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while session_pids(proc.pid) and time.monotonic() < deadline:
-            proc.poll()
-            time.sleep(0.5)
-        for pid in session_pids(proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait(10)
+        stop_session(proc)
         log.close()
         # the head wrote its address to <temp-dir>/ray_current_cluster, never /tmp/ray's
         ours = tmp / "ray" / "ray_current_cluster"

@@ -54,6 +54,29 @@ def default_tracking_uri(storage: str, sweep_name: str) -> str:
     return f"sqlite:///{(Path(storage).expanduser().resolve() / sweep_name / 'mlflow.db')}"
 
 
+def _create_sqlite_store(db_path: Path, artifact_root: str) -> None:
+    """Create an MLflow sqlite store at db_path atomically: build it under a temporary name, then
+    hard-link it into place. Anyone who opens db_path while the store is being built (`stetune
+    status`, `mlflow ui`, a test polling) would otherwise find half-made tables and run MLflow's
+    migrations a second time, which fails the creating driver ("table ... already exists")."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    tmp = db_path.with_name(f".{db_path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    tmp_uri = f"sqlite:///{tmp}"
+    try:
+        store = SqlAlchemyStore(tmp_uri, artifact_root)  # creates and migrates every table
+        store.engine.dispose()  # close the file before it is linked into place
+        getattr(SqlAlchemyStore, "_engine_map", {}).pop(tmp_uri, None)
+        try:
+            os.link(tmp, db_path)  # atomic and never overwrites: a concurrent creator's store wins
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links: rename (atomic, may overwrite)
+            if not db_path.exists():
+                os.replace(tmp, db_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def download_weights(tracking_uri: str, run_id: str, dst_dir: str | Path) -> Path:
     """The weights a trial run logged (WEIGHTS_ARTIFACT), downloaded into dst_dir."""
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -195,6 +218,8 @@ class SweepTracker:
                 # MLflow's default artifact root for a sqlite store is ./mlruns under the *current
                 # directory*; keep artifacts next to the database so the store is self-contained.
                 artifact_location = (db_path.parent / "artifacts").as_uri()
+                if not db_path.exists():
+                    _create_sqlite_store(db_path, artifact_location)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = self._get_or_create_experiment(experiment, artifact_location)
         self._parent_run_id: str | None = None

@@ -175,3 +175,39 @@ def test_http_server_sweep(mlflow_server, tmp_path):
     run_sweep(url, "exp-http", "sweep-h")
     check_sweep(MlflowClient(url), "exp-http", "sweep-h", tmp_path)
     assert list((server_tmp / "artifacts").rglob("spec.yaml"))  # stored by the server, proxied
+
+
+def test_new_sqlite_store_appears_complete(tmp_path):
+    """While a driver creates its store, anyone opening mlflow.db (stetune status, mlflow ui)
+    finds either no file or every table migrated: a half-made store makes the second opener run
+    MLflow's migrations again and fails the driver ("table _alembic_tmp_... already exists")."""
+    import sqlite3
+    import subprocess
+    import time
+
+    db = tmp_path / "s" / "mlflow.db"
+    creator = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from stetune.tracking import SweepTracker; "
+         "SweepTracker(sys.argv[1], 'exp', 's')", f"sqlite:///{db}"])
+    seen = []  # (tables, alembic versions) each time the file was there
+    while creator.poll() is None:
+        if db.exists():
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0)
+            try:
+                tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+                version = (con.execute("select version_num from alembic_version").fetchall()
+                           if "alembic_version" in tables else None)
+                seen.append((frozenset(tables), version))
+            except sqlite3.OperationalError as e:  # locked by a migration in progress
+                seen.append((str(e), None))
+            finally:
+                con.close()
+        time.sleep(0.002)
+    assert creator.returncode == 0
+    con = sqlite3.connect(db)
+    final = (frozenset(r[0] for r in con.execute("select name from sqlite_master where type='table'")),
+             con.execute("select version_num from alembic_version").fetchall())
+    con.close()
+    assert seen, "the store appeared only after the creator exited: nothing was observed"
+    assert all(s == final for s in seen), [s for s in seen if s != final][:1]
+    assert sorted(p.name for p in db.parent.iterdir() if p.name.endswith(".tmp")) == []

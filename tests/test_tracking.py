@@ -192,13 +192,14 @@ def test_new_sqlite_store_appears_complete(tmp_path):
     seen = []  # (tables, alembic versions) each time the file was there
     while creator.poll() is None:
         if db.exists():
-            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0)
+            # wait out the creator's ordinary writes (its experiment) rather than count them
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
             try:
                 tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
                 version = (con.execute("select version_num from alembic_version").fetchall()
                            if "alembic_version" in tables else None)
                 seen.append((frozenset(tables), version))
-            except sqlite3.OperationalError as e:  # locked by a migration in progress
+            except sqlite3.OperationalError as e:  # e.g. a table dropped mid-read by a migration
                 seen.append((str(e), None))
             finally:
                 con.close()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import re
+import sqlite3
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,10 +184,6 @@ def test_new_sqlite_store_appears_complete(tmp_path):
     """While a driver creates its store, anyone opening mlflow.db (stetune status, mlflow ui)
     finds either no file or every table migrated: a half-made store makes the second opener run
     MLflow's migrations again and fails the driver ("table _alembic_tmp_... already exists")."""
-    import sqlite3
-    import subprocess
-    import time
-
     db = tmp_path / "s" / "mlflow.db"
     creator = subprocess.Popen(
         [sys.executable, "-c", "import sys; from stetune.tracking import SweepTracker; "

@@ -19,8 +19,9 @@ import pandas as pd
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
+from .naming import quote, redact
 from .stability import count_spikes, loss_ratios, repulsion_rows
-from .tracking import redact
+from .sweep.kinds import SweepKind, get_kind, list_kinds
 
 __all__ = ["SweepData", "StabilityRule", "AnalysisError", "load_sweep", "cell_table",
            "repulsion_table", "HISTORY_KEYS", "CELL_KEYS", "CELL_COLUMNS"]
@@ -73,16 +74,17 @@ class SweepData:
         return self.spec.get("kind", "network")
 
     @property
+    def analysis(self) -> str | None:
+        """What the sweep's kind can be analysed as (SweepKind.analysis): cells or repulsion."""
+        return get_kind(self.kind).analysis
+
+    @property
     def tuned(self) -> list[str]:
         """Names of the hyper-parameters the sweep searched over (spec `search` keys)."""
         return sorted({k.split(".")[1] for k in self.spec if k.startswith("search.")})
 
 
 # -- loading ---------------------------------------------------------------------------------------
-def _quote(value: str) -> str:
-    return f"'{value}'" if "'" not in value else f'"{value}"'
-
-
 def _search_all(client: MlflowClient, exp_id: str, filter_string: str) -> list:
     runs, token = [], None
     while True:
@@ -128,7 +130,7 @@ def load_sweep(name: str, tracking_uri: str, experiment: str | None = None) -> S
         raise AnalysisError(f"no experiment {experiment!r} at {where} (experiments there: "
                             f"{names}); pass the sweep's experiment")
     parents = _search_all(client, exp.experiment_id, f"tags.`stetune.kind` = 'sweep' and "
-                                                     f"tags.`stetune.sweep` = {_quote(name)}")
+                                                     f"tags.`stetune.sweep` = {quote(name)}")
     if not parents:
         known = sorted({r.data.tags.get("stetune.sweep", "?") for r in _search_all(
             client, exp.experiment_id, "tags.`stetune.kind` = 'sweep'")})
@@ -136,11 +138,14 @@ def load_sweep(name: str, tracking_uri: str, experiment: str | None = None) -> S
                             f"{where}; sweeps there: {known}")
     parent = max(parents, key=lambda r: r.info.start_time)
     params = dict(parent.data.params)
-    if params.get("kind", "network") not in ("network", "repulsion"):
-        raise AnalysisError(f"sweep {name!r} is a theory sweep; stability analysis needs a "
-                            f"network or repulsion sweep (its summary is in sweep.json and MLflow)")
+    kind = _kind(name, params.get("kind", "network"))
+    if kind.analysis is None:
+        able = [k for k in list_kinds() if get_kind(k).analysis]
+        raise AnalysisError(f"sweep {name!r} is a {kind.name} sweep; stability analysis needs a "
+                            f"sweep of kind {' or '.join(able)} (its summary is in sweep.json and "
+                            f"MLflow)")
     trials = _search_all(client, exp.experiment_id,
-                         f"tags.`mlflow.parentRunId` = {_quote(parent.info.run_id)}")
+                         f"tags.`mlflow.parentRunId` = {quote(parent.info.run_id)}")
     if not trials:
         state = "still running" if parent.info.status == "RUNNING" else parent.info.status.lower()
         raise AnalysisError(f"sweep {name!r} has no trial runs yet (the sweep is {state})")
@@ -164,6 +169,14 @@ def load_sweep(name: str, tracking_uri: str, experiment: str | None = None) -> S
         warnings.warn(f"sweep {name!r} is still running: analysing the {done} of {len(runs)} "
                       f"trials that have finished", stacklevel=2)
     return data
+
+
+def _kind(name: str, kind: str) -> SweepKind:
+    try:
+        return get_kind(kind)
+    except ValueError:  # a kind registered where the sweep ran, not here
+        raise AnalysisError(f"sweep {name!r} is of kind {kind!r}, which this stetune does not "
+                            f"know (kinds: {list_kinds()})") from None
 
 
 def _run_row(run, spec: dict) -> dict:
@@ -288,7 +301,7 @@ def _verdict(row: dict, reps: pd.DataFrame, rule: StabilityRule) -> tuple[str, s
 def repulsion_table(data: SweepData) -> pd.DataFrame:
     """A repulsion sweep's verdict per STE: the training loss after the probe over the loss at
     the start (epoch 0), averaged over seeds; repelled when >= the spec's repelled_factor."""
-    if data.kind != "repulsion":
+    if data.analysis != "repulsion":
         raise AnalysisError(f"sweep {data.name!r} is a {data.kind} sweep, not a repulsion one")
     probe, factor = int(data.spec["probe.epochs"]), float(data.spec["repelled_factor"])
     trials = []

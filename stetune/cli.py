@@ -1,4 +1,4 @@
-"""The `stetune` command: train, bench, theory, sweep, resume, submit, status, logs."""
+"""The `stetune` command: train, bench, theory, sweep, resume, submit, status, logs, schema."""
 
 from __future__ import annotations
 
@@ -19,20 +19,23 @@ def _bits(value: str):
 
 
 def _add_train(sub) -> None:
-    from .spec import MODEL_DEFAULTS
+    # help is built from the registries: a registered model, dataset or STE shows up here
+    from .data import dataset_info, list_datasets
+    from .models import list_models, model_info
+    from .quant import list_stes
 
-    defaults = ", ".join(f"{m}: {d['epochs']} epochs, batch {d['batch_size']}, lr {d['lr']}"
-                         for m, d in MODEL_DEFAULTS.items())
+    models = "; ".join(model_info(m).summary() for m in list_models())
+    datasets = " | ".join(f"{d} ({'x'.join(map(str, dataset_info(d).input_size))})"
+                          for d in list_datasets())
     p = sub.add_parser(
         "train", help="train one model (no Ray, no MLflow)",
         description="Train one activation-quantized (or float) network and print a JSON summary. "
-                    f"Unset epochs/batch/lr/milestones take the paper's per-model defaults ({defaults}; "
+                    f"Unset epochs/batch/lr/milestones take the model's paper defaults ({models}; "
                     "milestones at the same fractions of the epochs).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="lenet5", help="lenet5 | vgg11 | resnet20")
-    p.add_argument("--dataset", default="digits",
-                   help="digits (bundled, offline) | fashion-mnist | mnist | cifar10 | synthetic")
-    p.add_argument("--ste", default="clipped_relu", help="identity | relu | clipped_relu")
+    p.add_argument("--model", default="lenet5", help=" | ".join(list_models()))
+    p.add_argument("--dataset", default="digits", help=datasets)
+    p.add_argument("--ste", default="clipped_relu", help=" | ".join(list_stes()))
     p.add_argument("--bits", type=_bits, default=2, help="activation bits 1..8, or 'float' (plain ReLU)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the model's)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the model's)")
@@ -157,13 +160,16 @@ def _run_bench_sweep(args) -> int:
 
 
 def _add_sweep(sub) -> None:
+    from .sweep.kinds import get_kind, list_kinds
+
+    kinds = "; ".join(f"`kind: {k}`{' (the default)' if k == 'network' else ''}: "
+                      f"{get_kind(k).description}" for k in list_kinds())
     p = sub.add_parser(
         "sweep", help="run a sweep spec on Ray Tune (local Ray, or --address of a cluster)",
         description="Run a YAML sweep spec: optional float pre-training, an equal Optuna TPE budget "
                     "for every (STE, bits) cell with ASHA early stopping, then the best config of "
                     "each cell re-run with the replicate seeds. Every trial is an MLflow run. "
-                    "`kind: theory` specs run a theory-model grid; `kind: repulsion` specs the "
-                    "repulsion experiment (continue a minimum with other STEs).")
+                    f"Kinds: {kinds}. `stetune schema` prints the spec's JSON Schema.")
     p.add_argument("spec", help="sweep spec YAML (see sweeps/)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set epochs=2 --set budget.trials_per_cell=1")
@@ -208,27 +214,9 @@ def _load_spec(path: str, sets: list[str], command: str):
 
 
 def _finish_sweep(spec, state: dict) -> int:
-    from .sweep import summary_rows
+    from .sweep.kinds import get_kind
 
-    if getattr(spec, "kind", None) == "repulsion":  # per STE: repelled or held
-        from .sweep.repulsion import format_repulsion
-
-        print("\n" + format_repulsion(state["rows"], spec.repelled_factor))
-        return _browse(spec)
-    if "rows" in state:  # a theory sweep: per (ste, init, size, lr) descent outcomes
-        from .sweep.theory import format_rows
-
-        print("\n" + format_rows(state["rows"]))
-        return _browse(spec)
-    rows = summary_rows(spec, state)
-    metric = f"best_{spec.metric}"
-    print(f"\n{'cell':<18} {'trials':>6} {'div':>4} {'pruned':>6} {metric:>14} {'replicates val_acc':>22}  best params")
-    for r in rows:
-        std = r["replicate_val_acc_std"]
-        rep = (f"{r['replicate_val_acc_mean']:.4f}" + (f" ± {std:.4f}" if std is not None else "")
-               + f" (n={r['replicates']})" if r["replicates"] else "-")
-        best = f"{r[metric]:.4f}" if r[metric] is not None else "-"
-        print(f"{r['cell']:<18} {r['trials']:>6} {r['diverged']:>4} {r['pruned']:>6} {best:>14} {rep:>22}  {r['params']}")
+    print("\n" + get_kind(spec.kind).summary(spec, state))
     return _browse(spec)
 
 
@@ -257,19 +245,23 @@ def _run_sweep(args) -> int:
 def _run_resume(args) -> int:
     from pathlib import Path
 
-    from .spec import SweepSpec
+    from .spec import SpecError, spec_from_dict
+    from .sweep.kinds import get_kind
 
     saved = Path(args.storage).expanduser().resolve() / args.name / "spec.json"
     if not saved.exists():
         print(f"stetune resume: error: no sweep named '{args.name}' in {saved.parent.parent}",
               file=sys.stderr)
         return 2
-    d = json.loads(saved.read_text())
-    if d.get("kind") in ("theory", "repulsion"):  # short grids: rerunning them is the resume
-        print(f"stetune resume: error: {d['kind']} sweeps cannot be resumed; run the spec again "
+    try:
+        spec = spec_from_dict(json.loads(saved.read_text()))
+    except SpecError as e:
+        print(f"stetune resume: error: {saved}: {e}", file=sys.stderr)
+        return 2
+    if not get_kind(spec.kind).resumable:  # short grids: rerunning them is the resume
+        print(f"stetune resume: error: {spec.kind} sweeps cannot be resumed; run the spec again "
               f"under another name (or delete {Path(args.storage) / args.name})", file=sys.stderr)
         return 2
-    spec = SweepSpec.from_dict(d)
     from .sweep import run_sweep
 
     return _finish_sweep(spec, run_sweep(spec, address=args.address, resume=True,
@@ -304,21 +296,42 @@ def _run_job_query(args) -> int:
 
 
 def _job_client_errors() -> tuple[type[BaseException], ...]:
-    """What Ray's JobSubmissionClient raises for a refused or failed request: AuthenticationError
-    (401/403), ConnectionError (no dashboard there), RuntimeError (other HTTP errors, e.g. 404)."""
-    from ray.exceptions import AuthenticationError
+    from .sweep.jobs import client_errors
 
-    return AuthenticationError, ConnectionError, RuntimeError
+    return client_errors()
 
 
 def _job_error(command: str, e: BaseException) -> int:
-    from ray.exceptions import AuthenticationError
+    from .sweep.jobs import is_auth_error
 
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # Ray appends a long how-to
-    hint = (" (set RAY_AUTH_TOKEN to the cluster's token)" if isinstance(e, AuthenticationError)
-            else "")
+    hint = " (set RAY_AUTH_TOKEN to the cluster's token)" if is_auth_error(e) else ""
     print(f"stetune {command}: error: {first}{hint}", file=sys.stderr)
     return 1
+
+
+def _add_schema(sub) -> None:
+    p = sub.add_parser(
+        "schema", help="print the JSON Schema of sweep specs (for editors)",
+        description="Print a JSON Schema (draft 2020-12) of sweep spec files, every kind, made from "
+                    "the same field rules the loader checks. Point an editor at it to validate and "
+                    "complete sweeps/*.yaml (README: Sweeps).")
+    p.add_argument("--out", help="write it to this file instead of standard output")
+    p.set_defaults(func=_run_schema)
+
+
+def _run_schema(args) -> int:
+    import stetune.sweep.kinds  # noqa: F401  (every registered kind is in the schema)
+    from .spec import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_sweep(sub)
     _add_bench_sweep(sub)
+    _add_schema(sub)
     from .cli_analysis import add_parsers as add_analysis
     from .theory.cli import add_parser as add_theory
 

@@ -84,10 +84,12 @@ def locate(name: str, storage: str, tracking_uri: str | None,
                               f"there); pass --storage, or --tracking-uri for a remote sweep")
         from .spec import spec_from_dict
 
+        from .naming import default_tracking_uri
+
         spec = spec_from_dict(json.loads(saved.read_text()))
         # the default store sits next to spec.json; a relative `storage` in the spec would
         # resolve against whatever directory this command runs in
-        uri = spec.mlflow.tracking_uri or f"sqlite:///{saved.parent / 'mlflow.db'}"
+        uri = spec.mlflow.tracking_uri or default_tracking_uri(saved.parent)
         return uri, experiment or spec.resolved_experiment()
     return tracking_uri, experiment or name
 
@@ -96,8 +98,8 @@ def _load(args, command: str):
     from mlflow.exceptions import MlflowException
 
     from .analysis import AnalysisError, load_sweep
+    from .naming import redact
     from .spec import SpecError
-    from .tracking import redact
 
     try:
         uri, experiment = locate(args.name, args.storage, args.tracking_uri, args.experiment)
@@ -145,9 +147,10 @@ def _run_export(args) -> int:
     data = _load(args, "export")
     if data is None:
         return 2
-    if data.kind != "network":
+    if data.analysis != "cells":
         print(f"stetune export: error: sweep '{args.name}' is a {data.kind} sweep; Table 1 needs "
-              f"a network sweep (use stetune analyze)", file=sys.stderr)
+              f"a sweep of (STE, bits) cells, e.g. a network sweep (use stetune analyze)",
+              file=sys.stderr)
         return 2
     cells = cell_table(data)
     if cells.empty:

@@ -12,14 +12,15 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Dataset", "DATASETS", "DatasetNotFoundError", "load_dataset", "augment_batch", "batch_indices"]
+__all__ = ["Dataset", "DatasetInfo", "DatasetNotFoundError", "register_dataset", "list_datasets",
+           "dataset_info", "load_dataset", "augment_batch", "batch_indices"]
 
-DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "digits", "synthetic")
-NUM_CLASSES = 10  # all of DATASETS are 10-class; not inferred from labels, which `limit` may thin out
 DEFAULT_DATA_DIR = "~/.cache/stetune/data"
 SYSTEM_DATASETS = "/usr/share/datasets"  # where Debian's dataset-* packages install
 
@@ -42,6 +43,46 @@ class Dataset:
 
 class DatasetNotFoundError(FileNotFoundError):
     """The data is not on disk and could not be downloaded; the message says where we looked and how to get it."""
+
+
+# -----------------------------------------------------------------------------
+# registry: each loader registers with its metadata; load_dataset is the only door
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    loader: Callable  # (root: Path, download: bool, seed: int) -> (x_train, y_train, x_val, y_val)
+    num_classes: int  # declared, not inferred from labels, which `limit` may thin out
+    input_size: tuple[int, int, int]  # (C, H, W) of an example
+    augment: bool = False  # train with random crop + flip (augment_batch)
+    title: str = ""  # display name (tables, help)
+
+
+_DATASETS: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(name: str, *, num_classes: int, input_size: tuple[int, int, int],
+                     augment: bool = False, title: str = ""):
+    """Decorator: register `loader(root, download, seed)`, which returns (x_train, y_train, x_val,
+    y_val) with x uint8 or float in [0, 1] shaped (N, C, H, W), under `name` with its metadata."""
+    def wrap(loader: Callable) -> Callable:
+        if name in _DATASETS and _DATASETS[name].loader is not loader:
+            raise ValueError(f"dataset names must be unique, but {name=} is already registered")
+        _DATASETS[name] = DatasetInfo(name, loader, num_classes, tuple(input_size), augment, title)
+        return loader
+    return wrap
+
+
+def list_datasets() -> tuple[str, ...]:
+    return tuple(_DATASETS)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    try:
+        return _DATASETS[name]
+    except KeyError:
+        raise ValueError(f"dataset must be one of {list_datasets()}, but got dataset={name!r}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -102,12 +143,14 @@ def _torchvision(name: str, cls_name: str, root: Path, download: bool, how_to_ge
     return x_tr, y_tr, x_va, y_va
 
 
+@register_dataset("mnist", num_classes=10, input_size=(1, 28, 28), title="MNIST")
 def _mnist(root: Path, download: bool, seed: int):
     how = (f"To get it: run once with network access (download=True), or copy the uncompressed torchvision "
            f"'MNIST/raw' files ({', '.join(_IDX_NAMES)}) into {root / 'MNIST' / 'raw'}.")
     return _torchvision("mnist", "MNIST", root, download, how)
 
 
+@register_dataset("fashion-mnist", num_classes=10, input_size=(1, 28, 28), title="Fashion-MNIST")
 def _fashion_mnist(root: Path, download: bool, seed: int):
     # Prefer IDX files already on disk (e.g. Debian's dataset-fashion-mnist) over torchvision's download.
     system = os.environ.get("STETUNE_SYSTEM_DATASETS", SYSTEM_DATASETS)
@@ -123,6 +166,7 @@ def _fashion_mnist(root: Path, download: bool, seed: int):
     return _torchvision("fashion-mnist", "FashionMNIST", root, download, how)
 
 
+@register_dataset("cifar10", num_classes=10, input_size=(3, 32, 32), augment=True, title="CIFAR-10")
 def _cifar10(root: Path, download: bool, seed: int):
     # Read the pickles ourselves: torchvision's CIFAR10 md5-checks every file, so it serves only to download them.
     folder = root / "cifar-10-batches-py"
@@ -144,6 +188,7 @@ def _cifar10(root: Path, download: bool, seed: int):
     return tuple(torch.from_numpy(a) for a in (x_tr, y_tr, x_va, y_va))
 
 
+@register_dataset("digits", num_classes=10, input_size=(1, 28, 28), title="digits")
 def _digits(root: Path, download: bool, seed: int):
     from sklearn.datasets import load_digits  # bundled with scikit-learn: never downloads
 
@@ -156,19 +201,16 @@ def _digits(root: Path, download: bool, seed: int):
     return x[tr], y[tr], x[va], y[va]
 
 
+@register_dataset("synthetic", num_classes=10, input_size=(1, 28, 28), title="synthetic")
 def _synthetic(root: Path, download: bool, seed: int, n_train: int = 512, n_val: int = 128):
     # Each class is a smooth random pattern (upsampled 7x7 noise) around grey; examples add pixel noise.
     # The low pattern contrast keeps it learnable but not trivial (a linear model gets roughly 90%, not 100%).
     g = torch.Generator().manual_seed(seed)
-    noise = torch.rand(NUM_CLASSES, 1, 7, 7, generator=g)
+    noise = torch.rand(10, 1, 7, 7, generator=g)
     protos = 0.5 + 0.25 * (F.interpolate(noise, size=(28, 28), mode="bilinear", align_corners=False) - 0.5)
-    y = torch.randint(0, NUM_CLASSES, (n_train + n_val,), generator=g)
+    y = torch.randint(0, 10, (n_train + n_val,), generator=g)
     x = (protos[y] + 0.3 * torch.randn(len(y), 1, 28, 28, generator=g)).clamp_(0, 1)
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
-
-
-_LOADERS = {"mnist": _mnist, "fashion-mnist": _fashion_mnist, "cifar10": _cifar10,
-            "digits": _digits, "synthetic": _synthetic}
 
 
 # -----------------------------------------------------------------------------
@@ -179,15 +221,18 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, device: s
                  download: bool | None = None, limit: int | None = None, seed: int = 0) -> Dataset:
     """Load `name` as normalised tensors on `device`. `limit` keeps the first `limit` train and val examples.
     `download=None` downloads missing torchvision data unless the environment sets STETUNE_OFFLINE=1."""
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, but got dataset={name!r}")
+    info = dataset_info(name)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be None or >= 1, but got {limit=}")
     if data_dir is None:
         data_dir = os.environ.get("STETUNE_DATA") or DEFAULT_DATA_DIR
     if download is None:
         download = os.environ.get("STETUNE_OFFLINE") != "1"
-    x_tr, y_tr, x_va, y_va = _LOADERS[name](Path(data_dir).expanduser(), download, seed)
+    x_tr, y_tr, x_va, y_va = info.loader(Path(data_dir).expanduser(), download, seed)
+
+    if tuple(x_tr.shape[1:]) != info.input_size:
+        raise ValueError(f"dataset {name!r} must give examples of its registered input_size "
+                         f"{info.input_size}, but got {tuple(x_tr.shape[1:])}")
 
     # slice before converting, so a quick run never materialises the full float copy
     x_tr, y_tr, x_va, y_va = (t[:limit] for t in (x_tr, y_tr, x_va, y_va))
@@ -199,8 +244,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, device: s
     x_tr, x_va = (x_tr - mean) / std, (x_va - mean) / std
 
     x_tr, y_tr, x_va, y_va = (t.contiguous().to(device) for t in (x_tr, y_tr, x_va, y_va))
-    return Dataset(name=name, x_train=x_tr, y_train=y_tr, x_val=x_va, y_val=y_va, num_classes=NUM_CLASSES,
-                   in_channels=x_tr.shape[1], image_size=x_tr.shape[-1], augment=name == "cifar10")
+    return Dataset(name=name, x_train=x_tr, y_train=y_tr, x_val=x_va, y_val=y_va, num_classes=info.num_classes,
+                   in_channels=x_tr.shape[1], image_size=x_tr.shape[-1], augment=info.augment)
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad: int = 4) -> torch.Tensor:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .analysis import StabilityRule, SweepData, cell_table, repulsion_table
 from .export import curves_figure, repulsion_figure, save_figure, table1
-from .tracking import redact
+from .naming import redact
 
 __all__ = ["write_report", "caption"]
 
@@ -41,9 +41,9 @@ def write_report(data: SweepData, out_dir: str | Path, rule: StabilityRule = Sta
                     f"{len(data.runs)} trials that have finished")
     if not (data.runs["status"] != "running").any():
         files, body = [], ["No trial has finished yet: nothing to analyse."]
-    elif data.kind == "repulsion":
+    elif data.analysis == "repulsion":
         files, body = _repulsion(data, out)
-    else:
+    else:  # "cells": load_sweep refuses kinds without an analysis
         files, body = _network(data, out, rule)
     report = out / "report.md"
     report.write_text("\n".join(head + [""] + body) + "\n")

@@ -10,12 +10,9 @@ never duplicates runs, params or metric points.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import math
 import os
 import platform
-import posixpath
-import re
 import socket
 import sys
 import time
@@ -30,28 +27,14 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import (MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH,
                                      MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH)
 
+from .naming import (MASK, TRIAL_STATUSES, WEIGHTS_ARTIFACT, flatten, is_secret_key, metric_key,
+                     quote, redact)
 from .version import code_version
 
-__all__ = ["SweepTracker", "default_tracking_uri", "flatten", "redact", "TRIAL_STATUSES",
-           "PHASES", "WEIGHTS_ARTIFACT", "download_weights", "log_sweep_artifacts"]
+__all__ = ["SweepTracker", "download_weights", "log_sweep_artifacts"]
 
-# Trial status -> MLflow run status. Diverged and pruned trials ran to a decision, so they are
-# FINISHED in MLflow; stetune.status keeps the distinction.
-TRIAL_STATUSES = {"finished": "FINISHED", "diverged": "FINISHED", "pruned": "FINISHED",
-                  "failed": "FAILED"}
-PHASES = ("search", "replicate", "pretrain", "repulsion")
-WEIGHTS_ARTIFACT = "weights/model.pt"  # a trial's final weights (replicate, pretrain runs)
 _SWEEP_STATUSES = ("FINISHED", "FAILED", "KILLED")
-_SECRET = re.compile(r"password|passwd|token|secret|key|credential", re.IGNORECASE)
-_MASK = "***"
-# scheme://user:PASSWORD@host: the password runs to the last '@' before the host (it may hold '@')
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/@:\s]*:)[^/\s]+(?=@[^@/\s]*(?:[/?#\s]|$))")
 _VERSIONED_PACKAGES = ("torch", "ray", "mlflow", "optuna")
-
-
-def default_tracking_uri(storage: str, sweep_name: str) -> str:
-    """sqlite:///<abs storage>/<sweep_name>/mlflow.db (MLflow's file store raises since 3.13)."""
-    return f"sqlite:///{(Path(storage).expanduser().resolve() / sweep_name / 'mlflow.db')}"
 
 
 def _create_sqlite_store(db_path: Path, artifact_root: str) -> None:
@@ -99,52 +82,14 @@ def log_sweep_artifacts(tracking_uri: str, run_id: str, paths, artifact_path: st
         client.log_artifact(run_id, str(p), artifact_path)
 
 
-def redact(obj, _key: str = ""):
-    """Copy of obj with the value of every secret-looking key replaced by '***', at any depth,
-    and the password of any user:password@ URL (a tracking URI, a database URL) masked."""
-    if _key and _SECRET.search(_key):
-        return _MASK
-    if isinstance(obj, str):
-        return _URL_PASSWORD.sub(rf"\g<head>{_MASK}", obj)
-    if isinstance(obj, dict):
-        return {k: redact(v, str(k)) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact(v) for v in obj]
-    return obj
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """Nested dict -> {dotted.key: value}; lists/tuples become JSON strings (one param each)."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key))
-        elif isinstance(v, dict):
-            out[key] = "{}"  # keep the key visible rather than dropping it
-        elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(v, default=str)
-        else:
-            out[key] = v
-    return out
-
-
 def _str_items(d: dict, limit: int) -> dict[str, str]:
     """Flat, redacted, string-valued and length-capped: what MLflow accepts for params and tags."""
     out = {}
     for k, v in flatten(redact(d)).items():
         k = str(k)[:MAX_ENTITY_KEY_LENGTH]
-        v = _MASK if _SECRET.search(k) else str(v)
+        v = MASK if is_secret_key(k) else str(v)
         out[k] = v if len(v) <= limit else v[: limit - 3] + "..."  # MLflow rejects longer values
     return out
-
-
-def _metric_key(key: str) -> str:
-    """A key MLflow accepts: alphanumerics and _ - . / space, no path tricks ('a//b', '../x')."""
-    k = re.sub(r"[^/\w.\- ]", "_", str(key))[:MAX_ENTITY_KEY_LENGTH]
-    if not k or k == "." or posixpath.normpath(k) != k or k.startswith(("..", "/")):
-        k = re.sub(r"[/.]", "_", k) or "_"
-    return k
 
 
 def _as_float(v) -> float | None:
@@ -155,16 +100,6 @@ def _as_float(v) -> float | None:
         return float(v)
     except (TypeError, ValueError):
         return None
-
-
-def _quote(value: str) -> str:
-    # MLflow's filter grammar accepts '...' or "..." but has no escape character.
-    value = str(value)
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise ValueError(f"cannot search MLflow for a value with both quote kinds: {value!r}")
 
 
 def _now_ms() -> int:
@@ -204,10 +139,12 @@ class _Trial:
 class SweepTracker:
     """Parent run for a sweep, child runs for its trials, written through one MlflowClient."""
 
-    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str):
+    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str,
+                 phases: tuple[str, ...] | None = None):
         if not sweep_name:
             raise ValueError("sweep_name must be non-empty")
         self.tracking_uri, self.experiment, self.sweep_name = tracking_uri, experiment, sweep_name
+        self.phases = phases  # the sweep kind's phases; None: any
         artifact_location = None
         if tracking_uri.startswith("sqlite:"):
             from sqlalchemy.engine import make_url
@@ -249,7 +186,7 @@ class SweepTracker:
     def _find_parent(self):
         runs = self.client.search_runs(
             [self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
-            filter_string=(f"tags.`stetune.sweep` = {_quote(self.sweep_name)} "
+            filter_string=(f"tags.`stetune.sweep` = {quote(self.sweep_name)} "
                            "and tags.`stetune.kind` = 'sweep'"),
             order_by=["attributes.start_time DESC"])
         return runs[0] if runs else None
@@ -298,8 +235,8 @@ class SweepTracker:
     def _find_trial_run(self, trial_id: str):
         runs = self.client.search_runs(
             [self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=2,
-            filter_string=(f"tags.`stetune.trial_id` = {_quote(trial_id)} "
-                           f"and tags.`mlflow.parentRunId` = {_quote(self.parent_run_id)}"),
+            filter_string=(f"tags.`stetune.trial_id` = {quote(trial_id)} "
+                           f"and tags.`mlflow.parentRunId` = {quote(self.parent_run_id)}"),
             order_by=["attributes.start_time ASC"])  # oldest first: the one a resume must reuse
         return runs[0] if runs else None
 
@@ -312,8 +249,8 @@ class SweepTracker:
                 cached.ended = False
             return cached.run_id
         phase = tags.get("stetune.phase")
-        if phase is not None and phase not in PHASES:
-            raise ValueError(f"stetune.phase must be one of {PHASES}, got {phase!r}")
+        if phase is not None and self.phases is not None and phase not in self.phases:
+            raise ValueError(f"stetune.phase must be one of {self.phases}, but got {phase!r}")
         want_params = _str_items(params, MAX_PARAM_VAL_LENGTH)
         want_tags = _str_items(tags, MAX_TAG_VAL_LENGTH)
         run = self._find_trial_run(trial_id)
@@ -349,8 +286,8 @@ class SweepTracker:
         sweep re-issues that work under new trial ids, so the orphan would be a duplicate."""
         runs = self.client.search_runs(
             [self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=50_000,
-            filter_string=(f"tags.`mlflow.parentRunId` = {_quote(self.parent_run_id)} "
-                           f"and tags.`stetune.phase` = {_quote(phase)}"))
+            filter_string=(f"tags.`mlflow.parentRunId` = {quote(self.parent_run_id)} "
+                           f"and tags.`stetune.phase` = {quote(phase)}"))
         dropped = [r.data.tags.get("stetune.trial_id", "") for r in runs
                    if r.data.tags.get("stetune.trial_id") not in keep]
         for r in runs:
@@ -379,7 +316,7 @@ class SweepTracker:
         if step <= trial.last_step:  # re-reported after a retry/resume: already in the history
             return
         ts = _now_ms()
-        values = {_metric_key(k): f for k, v in metrics.items() if (f := _as_float(v)) is not None}
+        values = {metric_key(k): f for k, v in metrics.items() if (f := _as_float(v)) is not None}
         values["epoch"] = float(step)  # the resume marker: its history gives the last step
         self._log_batch(trial.run_id, metrics=[Metric(k, v, ts, step) for k, v in values.items()])
         trial.last_step = step
@@ -391,7 +328,7 @@ class SweepTracker:
         trial = self._trial(trial_id)
         ts, last = _now_ms(), trial.last_step
         step = int(last) if math.isfinite(last) else 0  # summary sits at the trial's last epoch
-        metrics = [Metric(_metric_key(f"final/{k}"), f, ts, step)
+        metrics = [Metric(metric_key(f"final/{k}"), f, ts, step)
                    for k, v in (summary or {}).items() if (f := _as_float(v)) is not None]
         self._log_batch(trial.run_id, metrics=metrics, tags={"stetune.status": status})
         self.client.set_terminated(trial.run_id, status=TRIAL_STATUSES[status])

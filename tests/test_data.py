@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from stetune.data import (
-    DATASETS,
     Dataset,
     DatasetNotFoundError,
     _read_idx,
+    dataset_info,
+    list_datasets,
     augment_batch,
     batch_indices,
     load_dataset,
@@ -106,7 +107,9 @@ def test_limit():
 def test_unknown_dataset():
     with pytest.raises(ValueError, match=r"dataset must be one of .*but got dataset='foo'"):
         load_dataset("foo")
-    assert DATASETS == ("mnist", "fashion-mnist", "cifar10", "digits", "synthetic")
+    assert list_datasets()[:5] == ("mnist", "fashion-mnist", "cifar10", "digits", "synthetic")
+    assert [dataset_info(d).augment for d in list_datasets()[:5]] == [False, False, True, False, False]
+    assert dataset_info("cifar10").input_size == (3, 32, 32)
 
 
 # -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from stetune.cli import main
 from stetune.export import repulsion_figure
 from stetune.spec import RepulsionSpec, SpecError, load_sweep_spec
 from stetune.stability import count_spikes, loss_ratios, repulsion_rows
-from stetune.tracking import WEIGHTS_ARTIFACT
+from stetune.naming import WEIGHTS_ARTIFACT
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"kind": "repulsion", "name": "tiny-rep", "model": "lenet5", "dataset": "digits", "bits": 2,

@@ -5,7 +5,8 @@ import pickle
 from ray.tune.search import Searcher
 
 from stetune.spec.sweep import Param
-from stetune.sweep.cells import CellSearcher, cell_key
+from stetune.sweep.cells import CellSearcher
+from stetune.sweep.kinds.base import cell_key
 
 CELLS = [("identity", 2), ("relu", 2), ("clipped_relu", 4)]
 SEARCH = {"lr": Param("loguniform", 0.01, 0.1)}
@@ -17,17 +18,20 @@ def _drain(searcher: CellSearcher, start: int = 0) -> list[dict]:
         cfg = searcher.suggest(f"t{i}")
         if cfg == Searcher.FINISHED:
             break
+        cfg = cfg["cfg"]  # a trial config {cell, phase, params, tags}
         configs.append(cfg)
         # the cell TPEs learn from completed trials; a bad cell must not lose its budget
-        value = 0.9 if cfg["ste"] == "clipped_relu" else 0.1
+        value = 0.9 if cfg["params"]["ste"] == "clipped_relu" else 0.1
         searcher.on_trial_complete(f"t{i}", {"val_acc": value, "training_iteration": 1})
     return configs
 
 
 def test_equal_budget_per_cell_round_robin():
     configs = _drain(CellSearcher(CELLS, SEARCH, 4, "val_acc", "max", seed=0))
-    keys = [cell_key(c) for c in configs]
-    assert len(keys) == 12 and all(keys.count(cell_key({"ste": s, "bits": b})) == 4 for s, b in CELLS)
+    keys = [c["cell"] for c in configs]
+    assert len(keys) == 12 and all(keys.count(cell_key(s, b)) == 4 for s, b in CELLS)
+    assert all(c["phase"] == "search" and c["tags"]["stetune.ste"] == c["params"]["ste"]
+               for c in configs)
     assert keys[:3] == ["identity/2", "relu/2", "clipped_relu/4"]  # interleaved, not cell by cell
     assert all(0.01 <= c["params"]["lr"] <= 0.1 for c in configs)
 

@@ -126,10 +126,11 @@ def test_theory_sweep_on_local_ray(tmp_path, local_ray, capsys):
     outcome = {}
     for c in children:
         p, tags, metrics = c.data.params, c.data.tags, c.data.metrics
-        assert c.info.status == "FINISHED" and tags["stetune.phase"] == "search"
-        assert tags["stetune.cell"] == f"{p['ste']}/m{p['m']}n{p['n']}"
+        assert c.info.status == "FINISHED" and tags["stetune.phase"] == "grid"
+        assert tags["stetune.cell"] == f"{p['ste']}/{p['m']}x{p['n']}"
         if p["m"] == "1" and p["init"] == "spurious":
             assert tags["stetune.note"] == "no spurious minimum"
+            assert tags["stetune.status"] == "skipped"
             assert metrics["final/spurious_exists"] == 0 and "final/final_loss" not in metrics
             continue
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "loss")]

@@ -15,7 +15,8 @@ import yaml
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from stetune.tracking import SweepTracker, default_tracking_uri, flatten
+from stetune.naming import default_tracking_uri, flatten
+from stetune.tracking import SweepTracker
 
 SPEC = {"name": "demo", "model": "lenet5", "dataset": "digits",
         "grid": {"ste": ["clipped_relu", "identity"], "bits": [2, 4]},
@@ -96,14 +97,14 @@ def check_sweep(client: MlflowClient, experiment: str, name: str, tmp: Path) -> 
 @pytest.fixture(scope="module")
 def sqlite_uri(tmp_path_factory) -> str:
     # One store for the module: creating a sqlite store runs MLflow's migrations (seconds).
-    return default_tracking_uri(str(tmp_path_factory.mktemp("store")), "sweeps")
+    return default_tracking_uri(tmp_path_factory.mktemp("store") / "sweeps")
 
 
 def test_flatten_and_uri(tmp_path):
     assert flatten({"a": {"b": 1, "c": [1, "x"]}, "d": (), "e": {}}) == \
         {"a.b": 1, "a.c": '[1, "x"]', "d": "[]", "e": "{}"}
     assert flatten({"x": 1}, prefix="p") == {"p.x": 1}
-    uri = default_tracking_uri(str(tmp_path / "s"), "sw")
+    uri = default_tracking_uri(tmp_path / "s" / "sw")
     assert uri == f"sqlite:///{tmp_path}/s/sw/mlflow.db" and uri.startswith("sqlite:////")
 
 

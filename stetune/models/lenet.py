@@ -11,7 +11,9 @@ from .registry import register_model
 __all__ = ["lenet5"]
 
 
-@register_model
+# paper Table 2: 50 epochs, batch 64, lr 0.1, decay at 20 and 40
+@register_model(epochs=50, batch_size=64, lr=0.1, milestone_fracs=(0.4, 0.8), input_size=(1, 28, 28),
+                title="LeNet-5")
 def lenet5(act: ActQuantConfig, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     # no bias before a BN: it would be removed by the BN's centring anyway
     return nn.Sequential(OrderedDict([

@@ -61,6 +61,8 @@ class ResNetCifar(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-@register_model
+# paper Table 2: 200 epochs, batch 128, lr 0.01, decay at 80 and 140
+@register_model(epochs=200, batch_size=128, lr=0.01, milestone_fracs=(0.4, 0.7), input_size=(3, 32, 32),
+                title="ResNet-20")
 def resnet20(act: ActQuantConfig, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return ResNetCifar(20, act, num_classes, in_channels)

@@ -14,7 +14,9 @@ __all__ = ["vgg11"]
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
-@register_model
+# paper Table 2: 200 epochs, batch 128, lr 0.01, decay at 80 and 140
+@register_model(epochs=200, batch_size=128, lr=0.01, milestone_fracs=(0.4, 0.7), input_size=(3, 32, 32),
+                title="VGG-11")
 def vgg11(act: ActQuantConfig, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     layers: list[tuple[str, nn.Module]] = []
     conv = pool = 0

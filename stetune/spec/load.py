@@ -1,51 +1,69 @@
 """Loading a sweep spec: YAML file -> `--set` overrides -> validation by its kind's from_dict
 (`kind: network`, the default, is a SweepSpec; `kind: theory` a TheorySweepSpec; `kind:
-repulsion` a RepulsionSpec)."""
+repulsion` a RepulsionSpec; a new kind's class registers itself with `register_spec_kind`)."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 from typing import Iterable
 
 import yaml
 
-from . import _check as c
-from .run import SpecError
-from .sweep import TRAIN_FIELDS, SweepSpec
+from .base import DEFAULT_KIND, Placement
+from .errors import SpecError, fail, suggest_key
+from .fields import spec_fields
 from .repulsion import RepulsionSpec
+from .sweep import SweepSpec
 from .theory import TheorySweepSpec
 
-__all__ = ["load_sweep_spec", "apply_overrides", "spec_from_dict", "KINDS"]
+__all__ = ["load_sweep_spec", "apply_overrides", "spec_from_dict", "spec_class",
+           "register_spec_kind", "SPEC_KINDS"]
 
-KINDS = {"network": SweepSpec, "theory": TheorySweepSpec, "repulsion": RepulsionSpec}
+SPEC_KINDS: dict[str, type] = {}  # kind -> spec class: what `kind:` in a spec file selects
+
+
+def register_spec_kind(cls: type) -> type:
+    """Make `kind: <cls.kind>` load as cls (a Placement subclass); registering it again is a
+    no-op, another class under the same kind an error."""
+    kind = getattr(cls, "kind", None)
+    if not (isinstance(kind, str) and kind and isinstance(cls, type) and issubclass(cls, Placement)):
+        raise ValueError(f"a spec kind must be a Placement subclass with a kind name, but got "
+                         f"{cls!r} with kind={kind!r}")
+    if SPEC_KINDS.get(kind, cls) is not cls:
+        raise ValueError(f"spec kinds must be unique, but {kind!r} is already "
+                         f"{SPEC_KINDS[kind].__qualname__}, not {cls.__qualname__}")
+    SPEC_KINDS[kind] = cls
+    return cls
+
+
+for _cls in (SweepSpec, TheorySweepSpec, RepulsionSpec):
+    register_spec_kind(_cls)
 
 
 def spec_class(d: dict) -> type:
     """The spec class for d's `kind` (absent: network)."""
-    kind = d.get("kind", "network")
-    if not (isinstance(kind, str) and kind in KINDS):
-        close = c.suggest_key(kind, KINDS) if isinstance(kind, str) else ""
-        raise SpecError(f"kind must be one of {list(KINDS)}, but got kind={kind!r}{close}")
-    return KINDS[kind]
+    kind = d.get("kind", DEFAULT_KIND) if isinstance(d, dict) else DEFAULT_KIND
+    if not (isinstance(kind, str) and kind in SPEC_KINDS):
+        close = suggest_key(kind, SPEC_KINDS) if isinstance(kind, str) else ""
+        raise SpecError(f"kind must be one of {list(SPEC_KINDS)}, but got kind={kind!r}{close}")
+    return SPEC_KINDS[kind]
 
 
-def spec_from_dict(d: dict) -> SweepSpec | TheorySweepSpec | RepulsionSpec:
+def spec_from_dict(d: dict) -> Placement:
     """Validate a spec dict (a loaded YAML, or a saved spec.json) as the class its kind names."""
-    cls = spec_class(d)
-    if cls is SweepSpec:  # SweepSpec has no kind field: an explicit `kind: network` is dropped
-        d = {k: v for k, v in d.items() if k != "kind"}
-    return cls.from_dict(d)
+    return spec_class(d).from_dict(d)
 
 
 def apply_overrides(d: dict, sets: Iterable[str]) -> dict:
-    """A copy of `d` with each 'dotted.key=value' set (value read as YAML). In a network spec a
-    bare key that is not a top-level key is a train field: `epochs=2` sets train.epochs."""
+    """A copy of `d` with each 'dotted.key=value' set (value read as YAML). A bare key that is
+    not a top-level key is a key of the kind's `bare_section`, if it declares one: in a network
+    spec `epochs=2` sets train.epochs."""
     cls = spec_class(d)
-    network = cls is SweepSpec
-    top = ["kind", *(f.name for f in dataclasses.fields(cls))]
-    bare = TRAIN_FIELDS if network else ()
+    fields = {f.name: f for f in spec_fields(cls)}
+    top = ["kind", *fields]
+    section = cls.bare_section
+    bare = list(fields[section].metadata["rule"].keys()) if section else []
     out = copy.deepcopy(d)
     for item in sets:
         key, sep, raw = str(item).partition("=")
@@ -59,10 +77,10 @@ def apply_overrides(d: dict, sets: Iterable[str]) -> dict:
         parts = key.split(".")
         if parts[0] not in top:
             if len(parts) == 1 and parts[0] in bare:
-                parts = ["train", parts[0]]
+                parts = [section, parts[0]]
             else:
-                hint = c.suggest_key(parts[0], top + list(bare))
-                rest = (f"dotted paths into them, or train fields {list(bare)}" if bare
+                hint = suggest_key(parts[0], top + bare)
+                rest = (f"dotted paths into them, or {section} fields {bare}" if bare
                         else "or dotted paths into them")
                 raise SpecError(f"unknown --set key {key!r}{hint}; allowed: top-level keys {top}, "
                                 f"{rest}")
@@ -71,7 +89,7 @@ def apply_overrides(d: dict, sets: Iterable[str]) -> dict:
             if node.get(part) is None:
                 node[part] = {}
             if not isinstance(node[part], dict):
-                c.fail(".".join(parts[:i + 1]), f"a mapping to --set {key}", node[part])
+                fail(".".join(parts[:i + 1]), f"a mapping to --set {key}", node[part])
             node = node[part]
         node[parts[-1]] = value
     return out
@@ -89,8 +107,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_sweep_spec(path: str | Path, sets: Iterable[str] = ()) -> (
-        SweepSpec | TheorySweepSpec | RepulsionSpec):
+def load_sweep_spec(path: str | Path, sets: Iterable[str] = ()) -> Placement:
     """Read a sweep YAML, apply `--set` overrides, validate. Every problem is a SpecError."""
     path = Path(path)
     try:

@@ -6,68 +6,101 @@ least `repelled_factor` over the probe. Validated before any work starts; no Ray
 from __future__ import annotations
 
 import copy
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-from ..quant import list_stes
-from . import _check as c
-from .run import RunSpec, SpecError
-from .sweep import NAME_RULE, SWEEP_OWNED, TRAIN_FIELDS, Mlflow, Placement, Resources
+from ..data import list_datasets
+from ..quant import MAX_BITS, list_stes
+from .base import Placement
+from .errors import fail, reroute
+from .fields import Choice, FieldsOf, Int, ListOf, Num, Opt, Section, Str, dump, fld
+from .run import EPOCH, MAX_EPOCHS, MAX_SEED, RunSpec, SpecError, _models
+from .sweep import SWEEP_OWNED, TRAIN_FIELDS, Resources
 
-__all__ = ["RepulsionSpec", "Start", "Probe", "Schedule", "KIND"]
+__all__ = ["RepulsionSpec", "Start", "Probe", "Schedule"]
 
-KIND = "repulsion"
 START_TRAIN_FIELDS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "milestones",
                       "gamma", "seed")
 # the continuation owns its lr and schedule: probe and schedule set them, not `train`
 FIXED_FIELDS = tuple(f for f in TRAIN_FIELDS if f not in ("epochs", "lr", "milestones",
                                                           "measure_start"))
+GIVEN = ("checkpoint", "run", "ste")  # where the start comes from: exactly one
 
 
 @dataclass(frozen=True)
 class Start:
     """Where the minimum comes from: exactly one of checkpoint, run, or ste (+ train) to train it."""
-    checkpoint: str | None = None    # a weights file: a training checkpoint or a bare state_dict
-    run: str | None = None           # an MLflow run id with a `weights/model.pt` artifact
-    tracking_uri: str | None = None  # where `run` lives; None: this spec's own tracking URI
-    #                                  (a default sqlite store is new: name the earlier sweep's)
-    ste: str | None = None           # train the start here, with this STE ...
-    train: dict = field(default_factory=dict)  # ... and these RunSpec fields (epochs, lr, ...)
+    checkpoint: str | None = fld(Str(null=True), "a weights file: a training checkpoint or a bare "
+                                 "state_dict", default=None)
+    run: str | None = fld(Str(null=True), "an MLflow run id with a `weights/model.pt` artifact",
+                          default=None)
+    tracking_uri: str | None = fld(Str(null=True), "where `run` lives; None: this spec's own "
+                                   "tracking URI (a default sqlite store is new: name the earlier "
+                                   "sweep's)", default=None)
+    ste: str | None = fld(Opt(Choice(list_stes)), "train the start here, with this STE ...",
+                          default=None)
+    train: dict = fld(FieldsOf(RunSpec, START_TRAIN_FIELDS), "... and these RunSpec fields "
+                      "(epochs, lr, ...)", default_factory=dict)
+
+    def _check(self, path: str) -> None:
+        given = [k for k in GIVEN if getattr(self, k) is not None]
+        if len(given) != 1:
+            shown = {k: v for k, v in dump(self).items() if v not in (None, {})}
+            raise SpecError(f"{path} must give exactly one of checkpoint (a weights file), run (an "
+                            f"MLflow run id) or ste (train the start here), but got {path}={shown!r}")
+        if self.train and given != ["ste"]:
+            raise SpecError(f"{path}.train applies only with {path}.ste (training the start here), "
+                            f"but got {path}.train with {path}.{given[0]}")
+        if self.tracking_uri is not None and given != ["run"]:
+            raise SpecError(f"{path}.tracking_uri applies only with {path}.run, but got "
+                            f"{path}.tracking_uri with {path}.{given[0]}")
 
 
 @dataclass(frozen=True)
 class Probe:
-    epochs: int = 20     # paper: 20 epochs ...
-    lr: float = 1e-5     # ... at lr 1e-5, constant
+    epochs: int = fld(EPOCH, "paper: 20 epochs ...", default=20)
+    lr: float = fld(Num(gt=0), "... at lr 1e-5, constant", default=1e-5)
 
 
 @dataclass(frozen=True)
 class Schedule:
-    epochs: int = 0                 # 0: stop after the probe; paper: 200 more epochs
-    lr: float | None = None         # None: the model's default (paper's Table 2)
-    milestones: tuple[int, ...] | None = None  # None: the model's default, scaled to epochs
+    epochs: int = fld(Int(ge=0, le=MAX_EPOCHS), "0: stop after the probe; paper: 200 more epochs",
+                      default=0)
+    lr: float | None = fld(Opt(Num(gt=0)), "None: the model's default (paper's Table 2)",
+                           default=None)
+    milestones: tuple[int, ...] | None = fld(Opt(ListOf(EPOCH, unique=True)), "None: the "
+                                             "model's default, scaled to epochs", default=None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RepulsionSpec(Placement):
-    name: str                        # required; [A-Za-z0-9_.-]+
-    model: str                       # required; one of list_models()
-    dataset: str                     # required; one of DATASETS
-    bits: int                        # required: 1..8 (a float net has no STE to repel)
-    start: Start                     # required: the minimum to start from
-    stes: tuple[str, ...] = ()       # STEs to continue with; from_dict: absent = every STE
-    probe: Probe = Probe()
-    schedule: Schedule = Schedule()
-    repelled_factor: float = 1.5     # loss(after probe) / loss(start) at or above this: repelled
-    seeds: tuple[int, ...] = (0,)    # data order of the continuation (the weights are the start)
-    train: dict = field(default_factory=dict)  # fixed RunSpec fields of every stage
-    resources: Resources = Resources()
-    max_concurrent: int = 2          # two trials at once: fits a 2-core laptop
-    storage: str = "runs"            # sweep directory root, relative to the cwd
-    mlflow: Mlflow = Mlflow()
+    """The repulsion experiment: continue a trained minimum with other STEs (a small-lr probe)."""
+    kind: ClassVar[str] = "repulsion"
 
-    kind = KIND  # class constant (not a field): what load_sweep_spec dispatches on
+    model: str = fld(Choice(_models), "one of list_models()", example="model: lenet5")
+    dataset: str = fld(Choice(list_datasets), "one of list_datasets()",
+                       example="dataset: fashion-mnist")
+    bits: int = fld(Int(ge=1, le=MAX_BITS, words=f"an int in 1..{MAX_BITS} (quantized: a float "
+                        "net has no STE)"), "quantized activation bits (a float net has no STE "
+                    "to repel)", example="bits: 4")
+    start: Start = fld(Section(Start, null=False), "the minimum to start from",
+                       example="start: {ste: clipped_relu}")
+    stes: tuple[str, ...] = fld(ListOf(Choice(list_stes), nonempty=True, unique=True),
+                                "STEs to continue with; absent: every STE", default=(),
+                                derive=lambda kw: tuple(list_stes()))
+    probe: Probe = fld(Section(Probe), "the continuation at a small lr", default=Probe())
+    schedule: Schedule = fld(Section(Schedule), "then optionally the normal schedule",
+                             default=Schedule())
+    repelled_factor: float = fld(Num(gt=1), "loss(after probe) / loss(start) at or above this: "
+                                 "repelled", default=1.5)
+    seeds: tuple[int, ...] = fld(ListOf(Int(ge=0, le=MAX_SEED), nonempty=True, unique=True),
+                                 "data order of the continuation (the weights are the start)",
+                                 default=(0,))
+    train: dict = fld(FieldsOf(RunSpec, FIXED_FIELDS), "fixed RunSpec fields of every stage",
+                      default_factory=dict)
+    resources: Resources = fld(Section(Resources), "Ray resources of one trial",
+                               default=Resources())
+    max_concurrent: int = fld(Int(ge=1), "two trials at once: fits a 2-core laptop", default=2)
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -100,61 +133,8 @@ class RepulsionSpec(Placement):
                        init_from=init_from, epochs=self.schedule.epochs, lr=self.schedule.lr,
                        milestones=ms, **copy.deepcopy(self.train))
 
-    # -- dict round trip -----------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        d = {"kind": KIND, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
-        for key in ("start", "probe", "schedule", "resources", "mlflow"):
-            d[key] = dataclasses.asdict(d[key])
-        if d["schedule"]["milestones"] is not None:
-            d["schedule"]["milestones"] = list(d["schedule"]["milestones"])
-        d["stes"], d["seeds"] = list(self.stes), list(self.seeds)
-        return copy.deepcopy(d)
-
-    @classmethod
-    def from_dict(cls, d: Any) -> "RepulsionSpec":
-        from ..data import DATASETS
-        from ..models import list_models
-
-        d = c.kind_mapping(d, cls, KIND)
-        bits = c.require(d, "bits", "", "bits: 4")
-        if not (c.is_int(bits) and 1 <= bits <= 8):
-            c.fail("bits", "an int in 1..8 (quantized: a float net has no STE)", bits)
-        kw: dict[str, Any] = {
-            "name": c.str_field(c.require(d, "name", "", "name: repulsion"), "name",
-                                pattern=NAME_RULE, rule="a name of characters [A-Za-z0-9_.-]"),
-            "model": c.choice_field(c.require(d, "model", "", "model: lenet5"), "model",
-                                    list_models()),
-            "dataset": c.choice_field(c.require(d, "dataset", "", "dataset: fashion-mnist"),
-                                      "dataset", DATASETS),
-            "bits": bits, "start": _start(c.require(d, "start", "", "start: {ste: clipped_relu}"))}
-        if "stes" in d:
-            items = c.list_field(d["stes"], "stes", nonempty=True)
-            kw["stes"] = tuple(c.choice_field(s, f"stes[{i}]", list_stes())
-                               for i, s in enumerate(items))
-            c.unique(list(kw["stes"]), "stes")
-        else:
-            kw["stes"] = tuple(list_stes())
-        kw["probe"] = c.section(d, "probe", Probe, epochs=c.ints(1),
-                                lr=c.numbers("a number > 0", lambda x: x > 0))
-        kw["schedule"] = c.section(d, "schedule", Schedule, epochs=c.ints(0),
-                                   lr=lambda v, p: None if v is None else c.number_field(
-                                       v, p, "a number > 0", lambda x: x > 0),
-                                   milestones=lambda v, p: None if v is None else c.unique_ints(1)(v, p))
-        checks = {"repelled_factor": c.numbers("a number > 1", lambda x: x > 1),
-                  "seeds": _seeds, "max_concurrent": c.ints(1), "storage": c.str_field}
-        for key, check in checks.items():
-            if key in d:
-                kw[key] = check(d[key], key)
-        if "train" in d:
-            kw["train"] = _fields(d["train"], "train", FIXED_FIELDS)
-        kw["resources"] = c.section(d, "resources", Resources, cpus_per_trial=c.numbers(
-            "a number > 0", lambda x: x > 0), gpus_per_trial=c.gpus)
-        kw["mlflow"] = c.section(d, "mlflow", Mlflow, tracking_uri=c.opt_str, experiment=c.opt_str)
-        spec = cls(**kw)
-        spec._check_runs()
-        return spec
-
-    def _check_runs(self) -> None:
+    # -- cross-field rules (run by from_dict after each field's own) ---------------------------
+    def _check(self, path: str) -> None:
         """Build every stage's RunSpec now, so a bad value fails here, named by its spec path."""
         ste = self.continued_stes()[0]
         for build, paths in (
@@ -168,45 +148,10 @@ class RepulsionSpec(Placement):
                 if run is not None:
                     run.resolved().validate()
             except SpecError as e:
-                raise c.reroute(e, paths) from None
+                raise reroute(e, paths) from None
         if self.schedule.milestones and max(self.schedule.milestones) > self.schedule.epochs:
-            c.fail("schedule.milestones", f"epochs within 1..schedule.epochs="
+            fail("schedule.milestones", f"epochs within 1..schedule.epochs="
                    f"{self.schedule.epochs}", list(self.schedule.milestones))
-
-
-def _start(value: Any) -> Start:
-    d = c.mapping(value, "start", none_ok=False)
-    c.check_keys(d, [f.name for f in dataclasses.fields(Start)], "start")
-    given = [k for k in ("checkpoint", "run", "ste") if d.get(k) is not None]
-    if len(given) != 1:
-        raise SpecError("start must give exactly one of checkpoint (a weights file), run (an "
-                        f"MLflow run id) or ste (train the start here), but got start={d!r}")
-    if d.get("train") and given != ["ste"]:
-        raise SpecError("start.train applies only with start.ste (training the start here), but "
-                        f"got start.train with start.{given[0]}")
-    if d.get("tracking_uri") is not None and given != ["run"]:
-        raise SpecError("start.tracking_uri applies only with start.run, but got "
-                        f"start.tracking_uri with start.{given[0]}")
-    kw = {k: c.str_field(d[k], f"start.{k}") for k in ("checkpoint", "run", "tracking_uri")
-          if d.get(k) is not None}
-    if d.get("ste") is not None:
-        kw["ste"] = c.choice_field(d["ste"], "start.ste", list_stes())
-        kw["train"] = _fields(d.get("train") or {}, "start.train", START_TRAIN_FIELDS)
-    return Start(**kw)
-
-
-def _fields(value: Any, path: str, allowed) -> dict:
-    d = copy.deepcopy(c.mapping(value, path))
-    c.check_keys(d, allowed, path)
-    c.runspec_types(d, path)
-    return d
-
-
-def _seeds(value: Any, path: str) -> tuple[int, ...]:
-    seeds = c.unique_ints(0)(value, path)
-    if not seeds:
-        c.fail(path, "a non-empty list of ints >= 0", list(value))
-    return seeds
 
 
 assert not set(FIXED_FIELDS) & set(SWEEP_OWNED)  # the spec's own fields are never train fields

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from ..tracking import WEIGHTS_ARTIFACT, SweepTracker
-from .cells import cell_key
+from ..naming import WEIGHTS_ARTIFACT
+from ..tracking import SweepTracker
+from .kinds.base import FINAL_KEYS
 
-__all__ = ["TrackingCallback", "CellProgress", "trial_status", "register_tracker", "get_tracker"]
+__all__ = ["TrackingCallback", "CellProgress", "register_tracker", "get_tracker", "trial_config"]
 
 # keys Tune adds to every result: bookkeeping, not training metrics
 TUNE_BOOKKEEPING = frozenset({
@@ -39,33 +40,24 @@ def get_tracker(tracking_uri: str, experiment: str, sweep_name: str) -> SweepTra
     return _TRACKERS[(tracking_uri, experiment, sweep_name)]
 
 
-def trial_status(last: dict | None, epochs: int, errored: bool = False) -> str:
-    """finished | diverged | pruned (stopped early by ASHA) | failed."""
-    if errored:
-        return "failed"
-    if not last:
-        return "failed"
-    if last.get("status") == "diverged":
-        return "diverged"
-    return "finished" if last.get("epoch", 0) >= epochs else "pruned"
+def trial_config(trial) -> dict:
+    """A trial's {cell, phase, params, tags} (every phase puts it under config["cfg"])."""
+    return trial.config["cfg"]
 
 
 class TrackingCallback(Callback):
-    """Maps each Tune trial to one MLflow child run of the sweep's parent run. Picklable (Tune
-    saves it with the experiment); after a restore it uses the driver's registered tracker, which
-    finds the runs it already made by trial id, so a resumed sweep duplicates nothing."""
+    """Maps each Tune trial to one MLflow child run of the sweep's parent run, logging its config
+    as it is: params as params, cell, phase and tags as tags; per-epoch results as metrics; the
+    status its phase judges at the end. Picklable (Tune saves it with the experiment); after a
+    restore it uses the driver's registered tracker, which finds the runs it already made by
+    trial id, so a resumed sweep duplicates nothing."""
 
-    # last-result keys logged as final/<key> when a trial ends (a subclass may log others)
-    final_keys = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch")
-    # phases whose final weights are logged as an artifact: few runs, each one worth starting
-    # from (the repulsion experiment starts from a replicate's minimum by run id)
-    weights_phases = ("pretrain", "replicate")
-
-    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, phase: str, epochs: int,
-                 fixed: dict | None = None):
+    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, phase: str, status,
+                 fixed: dict | None = None, final_keys=FINAL_KEYS, log_weights: bool = False):
         self.args = (tracking_uri, experiment, sweep_name)
-        self.phase, self.epochs = phase, epochs
-        self.fixed = dict(fixed or {})  # the sweep's fixed training fields, logged with each trial
+        self.phase, self.status = phase, status  # status(last, errored=...) -> str
+        self.fixed = dict(fixed or {})  # the phase's fixed fields, logged with each trial
+        self.final_keys, self.log_weights = tuple(final_keys), log_weights
         self._tracker: SweepTracker | None = None
         self._nodes: dict[str, str] = {}
         self._checkpoints: dict = {}
@@ -86,17 +78,10 @@ class TrackingCallback(Callback):
         return f"{self.phase}-{trial.trial_id}"
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.tracker.trial_run(self.key(trial), params=self._params(trial), tags=self._tags(trial))
-
-    def _params(self, trial) -> dict:
-        cfg = trial.config.get("cfg", trial.config)
-        return {**self.fixed, **cfg.get("params", {}), "ste": cfg["ste"], "bits": cfg["bits"],
-                "seed": cfg.get("seed", 0)}
-
-    def _tags(self, trial) -> dict:
-        cfg = trial.config.get("cfg", trial.config)
-        return {"stetune.ste": cfg["ste"], "stetune.bits": str(cfg["bits"]),
-                "stetune.cell": cell_key(trial.config), "stetune.phase": self.phase}
+        cfg = trial_config(trial)
+        self.tracker.trial_run(self.key(trial), params={**self.fixed, **cfg["params"]},
+                               tags={**cfg.get("tags", {}), "stetune.cell": cfg["cell"],
+                                     "stetune.phase": cfg["phase"]})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = self.key(trial)
@@ -112,10 +97,12 @@ class TrackingCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        status = trial_status(last, self.epochs)
+        status = self.status(last, errored=False)
         checkpoint = self._checkpoints.pop(self.key(trial), None) or trial.checkpoint
         try:
-            if self.phase in self.weights_phases and status == "finished" and checkpoint is not None:
+            if isinstance(last.get("note"), str):  # a trial's own word on its outcome
+                self.tracker.tag_trial(self.key(trial), {"stetune.note": last["note"]})
+            if self.log_weights and status == "finished" and checkpoint is not None:
                 self._log_weights(self.key(trial), checkpoint)
         except Exception as e:  # the trial's result stands without its weights: don't lose the sweep
             warnings.warn(f"trial {self.key(trial)}: its weights were not logged to MLflow: {e!r}")
@@ -146,23 +133,24 @@ def _finals(last: dict, keys) -> dict:
 class CellProgress(Callback):
     """Prints one line per cell each time one of its trials ends."""
 
-    def __init__(self, phase: str, metric: str, mode: str, epochs: int, per_cell: int):
-        self.phase, self.metric, self.mode, self.epochs, self.per_cell = phase, metric, mode, epochs, per_cell
+    def __init__(self, phase: str, metric: str, mode: str, status, per_cell: int):
+        self.phase, self.metric, self.mode, self.status, self.per_cell = phase, metric, mode, status, per_cell
         self.done: dict[str, list] = defaultdict(list)
 
     def _line(self, trial, status: str) -> None:
-        cell = cell_key(trial.config)
+        cell = trial_config(trial)["cell"]
         value = (trial.last_result or {}).get(self.metric, float("nan"))
         self.done[cell].append((status, value))
         vals = [v for _, v in self.done[cell] if isinstance(v, float) and math.isfinite(v)]
         best = (max if self.mode == "max" else min)(vals) if vals else float("nan")
-        counts = {s: sum(1 for t, _ in self.done[cell] if t == s) for s in ("diverged", "pruned", "failed")}
+        counts = {s: sum(1 for t, _ in self.done[cell] if t == s)
+                  for s in ("diverged", "pruned", "skipped", "failed")}
         extra = " ".join(f"{n} {s}" for s, n in counts.items() if n)
         print(f"[{self.phase}] cell {cell}: {len(self.done[cell])}/{self.per_cell} trials done, "
               f"best {self.metric} {best:.4f} {extra}".rstrip(), file=sys.stderr, flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._line(trial, trial_status(trial.last_result, self.epochs))
+        self._line(trial, self.status(trial.last_result, errored=False))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._line(trial, "failed")

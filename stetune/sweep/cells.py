@@ -15,8 +15,9 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..spec.sweep import suggest
+from .kinds.base import cell_config
 
-__all__ = ["CellSearcher", "CellASHA", "cell_key"]
+__all__ = ["CellSearcher", "CellASHA"]
 
 
 class _PickledState:
@@ -30,11 +31,6 @@ class _PickledState:
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
-
-
-def cell_key(config: dict) -> str:
-    cfg = config.get("cfg", config)
-    return f"{cfg['ste']}/{cfg['bits']}"
 
 
 class CellSearcher(_PickledState, Searcher):
@@ -66,7 +62,7 @@ class CellSearcher(_PickledState, Searcher):
             self.trial_cell[trial_id] = i
         params = self.subs[i].suggest(trial_id) or {}
         ste, bits = self.cells[i]
-        return {"ste": ste, "bits": bits, "params": params, "phase": "search"}
+        return {"cfg": cell_config(ste, bits, "search", params, seed=0)}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.trial_cell and self.metric in result:
@@ -90,7 +86,7 @@ class CellASHA(_PickledState, FIFOScheduler):
         self.cells: dict[str, ASHAScheduler] = {}
 
     def _sub(self, trial) -> ASHAScheduler:
-        key = cell_key(trial.config)
+        key = trial.config["cfg"]["cell"]
         if key not in self.cells:
             self.cells[key] = ASHAScheduler(**self.kwargs)
         return self.cells[key]

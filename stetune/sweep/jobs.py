@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..spec import SweepSpec
 
-__all__ = ["submit", "job_status", "job_logs"]
+__all__ = ["submit", "job_status", "job_logs", "client_errors", "is_auth_error"]
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # the stetune package directory
 
@@ -49,3 +49,17 @@ def job_status(address: str, job_id: str) -> str:
 
 def job_logs(address: str, job_id: str) -> str:
     return _client(address).get_job_logs(job_id)
+
+
+def client_errors() -> tuple[type[BaseException], ...]:
+    """What Ray's JobSubmissionClient raises for a refused or failed request: AuthenticationError
+    (401/403), ConnectionError (no dashboard there), RuntimeError (other HTTP errors, e.g. 404)."""
+    from ray.exceptions import AuthenticationError
+
+    return AuthenticationError, ConnectionError, RuntimeError
+
+
+def is_auth_error(e: BaseException) -> bool:
+    from ray.exceptions import AuthenticationError
+
+    return isinstance(e, AuthenticationError)

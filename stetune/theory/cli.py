@@ -55,19 +55,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def validate(args) -> str | None:
-    """First invalid field as an error message, or None."""
-    if args.m < 1:
-        return f"m must be >= 1, but got m={args.m}"
-    if args.n < 2:
-        return f"n must be >= 2, but got n={args.n}"
-    if not args.lr > 0:
-        return f"lr must be > 0, but got lr={args.lr}"
-    if args.steps < 1:
-        return f"steps must be >= 1, but got steps={args.steps}"
-    if args.batch is not None and args.batch < 1:
-        return f"batch must be >= 1, but got batch={args.batch}"
-    if not args.eps >= 0:
-        return f"eps must be >= 0, but got eps={args.eps}"
+    """First invalid option as an error message ("m must be an int >= 1 (m: hidden units), but
+    got m=0"), or None: each checked by the rule of its field in a theory sweep spec."""
+    from ..spec import SpecError, TheorySweepSpec
+    from ..spec.fields import rule_of
+    from ..spec.theory import HIDDEN, INPUT_DIM
+
+    def item(name):  # the rule of one element of a list field (lrs -> lr, seeds -> seed)
+        return rule_of(TheorySweepSpec, name).item
+
+    rules = {"m": HIDDEN, "n": INPUT_DIM, "lr": item("lrs"), "seed": item("seeds"),
+             **{k: rule_of(TheorySweepSpec, k) for k in ("steps", "batch", "eps", "tol")}}
+    try:
+        for name, rule in rules.items():
+            rule.parse(getattr(args, name), name)
+    except SpecError as e:
+        return str(e)
     return None
 
 

@@ -1,0 +1,83 @@
+"""How stetune names things in MLflow, as pure functions every reader and the writer share: the
+default store URI, tag names, trial statuses, secret redaction, flattening a spec into params,
+metric keys and filter-string quoting. No MLflow import: spec, analysis and report use these
+without loading the writer (stetune.tracking)."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from pathlib import Path
+
+__all__ = ["default_tracking_uri", "redact", "flatten", "quote", "metric_key", "TRIAL_STATUSES",
+           "WEIGHTS_ARTIFACT", "MASK", "is_secret_key"]
+
+# Trial status -> MLflow run status. Diverged and pruned trials ran to a decision, so they are
+# FINISHED in MLflow; the stetune.status tag keeps the distinction. skipped: nothing to run.
+TRIAL_STATUSES = {"finished": "FINISHED", "diverged": "FINISHED", "pruned": "FINISHED",
+                  "skipped": "FINISHED", "failed": "FAILED"}
+WEIGHTS_ARTIFACT = "weights/model.pt"  # a trial's final weights (replicate, pretrain runs)
+MASK = "***"
+MAX_KEY_LENGTH = 250  # MLflow's MAX_ENTITY_KEY_LENGTH
+_SECRET = re.compile(r"password|passwd|token|secret|key|credential", re.IGNORECASE)
+# scheme://user:PASSWORD@host: the password runs to the last '@' before the host (it may hold '@')
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/@:\s]*:)[^/\s]+(?=@[^@/\s]*(?:[/?#\s]|$))")
+
+
+def default_tracking_uri(sweep_dir: str | Path) -> str:
+    """sqlite:///<abs sweep_dir>/mlflow.db: a sweep's own store beside its spec.json (MLflow's
+    file store raises since 3.13)."""
+    return f"sqlite:///{Path(sweep_dir).expanduser().resolve() / 'mlflow.db'}"
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(_SECRET.search(str(key)))
+
+
+def redact(obj, _key: str = ""):
+    """Copy of obj with the value of every secret-looking key replaced by '***', at any depth,
+    and the password of any user:password@ URL (a tracking URI, a database URL) masked."""
+    if _key and is_secret_key(_key):
+        return MASK
+    if isinstance(obj, str):
+        return _URL_PASSWORD.sub(rf"\g<head>{MASK}", obj)
+    if isinstance(obj, dict):
+        return {k: redact(v, str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dict -> {dotted.key: value}; lists/tuples become JSON strings (one param each)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        elif isinstance(v, dict):
+            out[key] = "{}"  # keep the key visible rather than dropping it
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v, default=str)
+        else:
+            out[key] = v
+    return out
+
+
+def metric_key(key: str) -> str:
+    """A key MLflow accepts: alphanumerics and _ - . / space, no path tricks ('a//b', '../x')."""
+    k = re.sub(r"[^/\w.\- ]", "_", str(key))[:MAX_KEY_LENGTH]
+    if not k or k == "." or posixpath.normpath(k) != k or k.startswith(("..", "/")):
+        k = re.sub(r"[/.]", "_", k) or "_"
+    return k
+
+
+def quote(value: str) -> str:
+    """A value for an MLflow filter string: '...' or "..." (the grammar has no escape)."""
+    value = str(value)
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"cannot search MLflow for a value with both quote kinds: {value!r}")

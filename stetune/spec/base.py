@@ -1,0 +1,69 @@
+"""What every sweep spec kind shares: its `name`, where its files go (`storage`) and its MLflow
+store (`mlflow`), declared once in `Placement`, plus the generic `from_dict` / `to_dict`. A kind's
+spec class subclasses Placement, sets `kind`, and declares its own fields with `fld`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..naming import default_tracking_uri
+from .errors import SpecError
+from .fields import Section, Str, dump, fld, parse, spec_fields
+
+__all__ = ["Placement", "Mlflow", "NAME_RULE", "DEFAULT_KIND"]
+
+DEFAULT_KIND = "network"  # a spec without `kind:` is a network sweep
+NAME_RULE = r"(?!\.+$)[A-Za-z0-9_.-]+"  # used in paths and MLflow names; '.' and '..' are not
+NAME_WORDS = "a name of characters [A-Za-z0-9_.-]"
+# 100: a path component (at most 255 bytes) that Ray and MLflow lengthen with trial names
+NAME = Str((NAME_WORDS, NAME_RULE),
+           ("a name not starting with '-' (it would read as a command-line option)", r"(?!-).*"),
+           words=NAME_WORDS, max_len=100)
+
+
+@dataclass(frozen=True)
+class Mlflow:
+    tracking_uri: str | None = fld(Str(null=True), "None: sqlite:///<abs storage>/<name>/mlflow.db, "
+                                   "no server", default=None)
+    experiment: str | None = fld(Str(null=True), "None: the sweep name", default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Placement:
+    """A sweep spec's name and where its files and MLflow runs go (shared by every kind)."""
+    kind: ClassVar[str]                   # `kind:` in a spec file selects the class
+    bare_section: ClassVar[str | None] = None  # `--set KEY=V` with KEY of this section: its KEY
+
+    name: str = fld(NAME, "[A-Za-z0-9_.-]+: the sweep directory and the MLflow experiment",
+                    example="name: my-sweep")
+    storage: str = fld(Str(), "sweep directory root (Ray Tune results, checkpoints, the default "
+                       "MLflow store), relative to the cwd", default="runs", tail=True)
+    mlflow: Mlflow = fld(Section(Mlflow), "MLflow tracking store and experiment",
+                         default=Mlflow(), tail=True)
+
+    def sweep_dir(self) -> Path:
+        return Path(self.storage).expanduser().resolve() / self.name
+
+    def resolved_tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or default_tracking_uri(self.sweep_dir())
+
+    def resolved_experiment(self) -> str:
+        return self.mlflow.experiment or self.name
+
+    # -- dict round trip -----------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: Any):
+        """Validate a spec dict (a loaded YAML, a saved spec.json); every problem is a SpecError."""
+        if not isinstance(d, dict):
+            raise SpecError(f"a sweep spec must be a mapping at the top level, but got {d!r}")
+        if d.get("kind", cls.kind) != cls.kind:
+            raise SpecError(f"kind must be {cls.kind!r} for a {cls.kind} spec, but got "
+                            f"kind={d['kind']!r}")
+        return parse(cls, {k: v for k, v in d.items() if k != "kind"}, "", extra_keys=("kind",))
+
+    def to_dict(self) -> dict:
+        """Plain data that from_dict (and YAML, JSON) round-trip; `kind` unless the default."""
+        head = {} if self.kind == DEFAULT_KIND else {"kind": self.kind}
+        return head | {f.name: dump(getattr(self, f.name)) for f in spec_fields(type(self))}

@@ -1,0 +1,165 @@
+"""The Tune plumbing every sweep kind shares: a phase is one Tune experiment under
+<storage>/<name>/<phase> (a grid of trial configs, or a searcher's), built here with the same
+trial directory names, callbacks (MLflow runs, progress lines), retries and restore-on-resume
+for every kind; on the workers, `trial_workspace` restores a retried trial's checkpoint and
+reports each epoch with it. Kinds get plain `Outcome`s back, never Tune's result objects."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import ray
+from ray import tune
+
+from ..checkpoint import CHECKPOINT_FILE
+from .callbacks import CellProgress, TrackingCallback
+from .kinds.base import FINAL_KEYS, trial_status
+
+__all__ = ["Phase", "Outcome", "run_phase", "run_one", "trial_workspace", "Workspace",
+           "trial_dirname"]
+
+# every trial checkpoints each epoch by design (resume from the last epoch); Tune's warning about
+# frequent snapshots would fire for every short trial
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# the MLflow client prints a "View run" URL for every run it ends over HTTP
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# a new worker process per trial re-imports torch and re-initialises (seconds each); trials seed
+# and build everything themselves, so a reused worker gives the same results
+REUSE_ACTORS = True
+
+
+def trial_dirname(trial) -> str:
+    return trial.trial_id  # default names embed every parameter and overflow path limits
+
+
+# -- on the worker ---------------------------------------------------------------------------------
+def _numeric(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and v is not None}
+
+
+@dataclass
+class Workspace:
+    """A trial's scratch folder on its worker; `ckpt` holds the checkpoint Tune persists."""
+    root: Path
+    ckpt: Path
+    node_id: str
+
+    def write(self, name: str, data: bytes) -> str:
+        path = self.root / name
+        path.write_bytes(data)
+        return str(path)
+
+    def report(self, metrics: dict, *, checkpoint: bool = True) -> None:
+        """Send one result (numbers and strings, plus the node) to Tune, with the checkpoint
+        folder as it is now, so a retried trial resumes from this epoch."""
+        ckpt = tune.Checkpoint.from_directory(str(self.ckpt)) if checkpoint else None
+        tune.report(_numeric(metrics) | {"node_id": self.node_id}, checkpoint=ckpt)
+
+
+@contextmanager
+def trial_workspace(prefix: str = "stetune-trial-") -> Iterator[Workspace]:
+    """Everything travels through Tune (no shared disk): the last reported checkpoint, if this
+    is a retry, is restored into `ckpt` before the trial body runs."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        ws = Workspace(Path(tmp), Path(tmp) / "ckpt", ray.get_runtime_context().get_node_id())
+        ws.ckpt.mkdir()
+        if (checkpoint := tune.get_checkpoint()) is not None:
+            checkpoint.to_directory(str(ws.ckpt))
+        yield ws
+
+
+# -- on the driver ---------------------------------------------------------------------------------
+@dataclass
+class Phase:
+    """One Tune experiment of a sweep: what runs, on what, and how its trials are judged."""
+    name: str                        # the stetune.phase tag and the experiment folder
+    trainable: Callable              # fn(config, **kwargs) on a worker; config["cfg"] is the trial
+    kwargs: dict                     # shipped once through the object store (tune.with_parameters)
+    epochs: int                      # a full trial's length (progress and statuses)
+    per_cell: int                    # trials per cell, for the progress lines
+    configs: list[dict] | None = None  # a grid: one trial per {cell, phase, params, tags} ...
+    searcher: Any = None             # ... or a Tune searcher issuing `num_samples` of them
+    num_samples: int = 1
+    scheduler: Any = None            # None: run every trial to its end
+    resources: dict = field(default_factory=lambda: {"cpu": 1})
+    metric: str = "val_acc"          # the progress lines' best value
+    mode: str = "max"
+    status: Callable | None = None   # status(last, errored=...) -> str; None: trial_status(epochs)
+    fixed: dict = field(default_factory=dict)  # logged as params of every trial
+    final_keys: tuple = FINAL_KEYS
+    log_weights: bool = False        # finished trials log weights/model.pt (runs worth starting from)
+    max_failures: int = 2            # retries per trial, resumed from its last checkpoint
+
+    def judge(self) -> Callable:
+        return self.status or partial(trial_status, epochs=self.epochs)
+
+
+@dataclass
+class Outcome:
+    """A trial as it ended: its config, last result, status, error and checkpoint."""
+    cfg: dict
+    last: dict
+    status: str
+    error: BaseException | None
+    checkpoint: Any
+    _result: Any = None
+
+    def history(self) -> list[dict]:
+        """Every result the trial reported, in epoch order."""
+        df = self._result.metrics_dataframe if self._result is not None else None
+        return [] if df is None else df.sort_values("epoch").to_dict("records")
+
+
+def run_phase(session, phase: Phase) -> list[Outcome]:
+    """Run (or, on resume, restore and finish) the phase; one Outcome per trial."""
+    spec, path = session.spec, session.spec.sweep_dir() / phase.name
+    trainable = tune.with_resources(tune.with_parameters(phase.trainable, **phase.kwargs),
+                                    phase.resources)
+    if session.resume and tune.Tuner.can_restore(str(path)):
+        # the restored callbacks are unpickled copies: they find the driver's tracker by name
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        status = phase.judge()
+        callbacks = [TrackingCallback(spec.resolved_tracking_uri(), spec.resolved_experiment(),
+                                      spec.name, phase.name, status, fixed=phase.fixed,
+                                      final_keys=phase.final_keys, log_weights=phase.log_weights),
+                     CellProgress(phase.name, phase.metric, phase.mode, status, phase.per_cell)]
+        grid = {} if phase.configs is None else {"cfg": tune.grid_search(phase.configs)}
+        tuner = tune.Tuner(
+            trainable, param_space=grid,
+            tune_config=tune.TuneConfig(
+                search_alg=phase.searcher, scheduler=phase.scheduler,
+                num_samples=phase.num_samples, max_concurrent_trials=spec.max_concurrent,
+                trial_dirname_creator=trial_dirname, reuse_actors=REUSE_ACTORS),
+            run_config=tune.RunConfig(
+                name=phase.name, storage_path=str(spec.sweep_dir()), callbacks=callbacks,
+                verbose=session.verbose,
+                failure_config=tune.FailureConfig(max_failures=phase.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    results = tuner.fit()
+    if session.resume:  # runs of trials the killed driver never snapshotted would be duplicates
+        keep = {f"{phase.name}-{r.metrics.get('trial_id') or Path(r.path).name}" for r in results}
+        session.tracker.prune_orphans(phase.name, keep)
+    judge = phase.judge()
+    return [Outcome(r.config["cfg"], r.metrics or {},
+                    judge(r.metrics or {}, errored=r.error is not None), r.error, r.checkpoint, r)
+            for r in results]
+
+
+def run_one(session, phase: Phase, dest: Path, what: str) -> Outcome:
+    """A one-trial phase (a float pre-training, a repulsion start) whose final checkpoint file is
+    copied to `dest`; anything but a finished trial is an error naming `what`."""
+    out = run_phase(session, phase)[0]
+    if out.status != "finished" or out.checkpoint is None:
+        raise RuntimeError(f"{what} ended {out.status}: {out.error or 'see its MLflow run'}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out.checkpoint.to_directory(tmp)
+        dest.write_bytes((Path(tmp) / CHECKPOINT_FILE).read_bytes())
+    return out

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .registry import Registry
+
 __all__ = ["Dataset", "DatasetInfo", "DatasetNotFoundError", "register_dataset", "list_datasets",
            "dataset_info", "load_dataset", "augment_batch", "batch_indices"]
 
@@ -59,7 +61,7 @@ class DatasetInfo:
     title: str = ""  # display name (tables, help)
 
 
-_DATASETS: dict[str, DatasetInfo] = {}
+_DATASETS: Registry[DatasetInfo] = Registry("dataset")
 
 
 def register_dataset(name: str, *, num_classes: int, input_size: tuple[int, int, int],
@@ -67,22 +69,18 @@ def register_dataset(name: str, *, num_classes: int, input_size: tuple[int, int,
     """Decorator: register `loader(root, download, seed)`, which returns (x_train, y_train, x_val,
     y_val) with x uint8 or float in [0, 1] shaped (N, C, H, W), under `name` with its metadata."""
     def wrap(loader: Callable) -> Callable:
-        if name in _DATASETS and _DATASETS[name].loader is not loader:
-            raise ValueError(f"dataset names must be unique, but {name=} is already registered")
-        _DATASETS[name] = DatasetInfo(name, loader, num_classes, tuple(input_size), augment, title)
+        _DATASETS.add(name, DatasetInfo(name, loader, num_classes, tuple(input_size), augment,
+                                        title), source=loader)
         return loader
     return wrap
 
 
 def list_datasets() -> tuple[str, ...]:
-    return tuple(_DATASETS)
+    return _DATASETS.names()
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    try:
-        return _DATASETS[name]
-    except KeyError:
-        raise ValueError(f"dataset must be one of {list_datasets()}, but got dataset={name!r}") from None
+    return _DATASETS.get(name)
 
 
 # -----------------------------------------------------------------------------

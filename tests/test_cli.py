@@ -81,3 +81,20 @@ def test_parser_defaults_match_the_run_spec():
     for field in ("model", "dataset", "ste", "bits", "momentum", "weight_decay", "gamma", "seed",
                   "device", "alpha_scale"):
         assert getattr(args, field) == getattr(spec, field), field
+
+
+def test_schema_command_writes_the_sweep_spec_schema(tmp_path):
+    import jsonschema
+    import yaml
+
+    out = run_cli("schema")
+    assert out.returncode == 0, out.stderr
+    schema = json.loads(out.stdout)
+    assert run_cli("schema", "--out", str(tmp_path / "s.json")).returncode == 0
+    assert json.loads((tmp_path / "s.json").read_text()) == schema
+    from pathlib import Path
+
+    quick = yaml.safe_load((Path(__file__).parents[1] / "sweeps" / "quickstart.yaml").read_text())
+    jsonschema.validate(quick, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(quick | {"budget": {"trials_per_cell": 0}}, schema)

@@ -119,3 +119,17 @@ def test_ray_and_mlflow_stay_in_their_layers():
                   "stetune.export", "stetune.cli")
     bad = {m: sorted(t for t in edges[m] if t.startswith(downstream)) for m in upstream}
     assert not any(bad.values()), bad
+
+
+def test_readme_layout_matches_the_tree():
+    """Every module is named in README's Layout block, and every file it names exists."""
+    import re
+
+    text = (PKG.parent / "README.md").read_text()
+    layout = text[text.index("## Layout"):text.index("## Tests")]
+    named = set(re.findall(r"[\w/]+\.py", layout))
+    files = {p.name for p in PKG.rglob("*.py") if p.name != "__init__.py"}
+    missing = sorted(f for f in files if not any(n.endswith(f) for n in named))
+    assert not missing, f"modules missing from README's Layout: {missing}"
+    unknown = sorted(n for n in named if Path(n).name not in files)
+    assert not unknown, f"README's Layout names files that do not exist: {unknown}"

@@ -9,6 +9,7 @@ from typing import Callable
 from torch import nn
 
 from ..quant import ActQuantConfig
+from ..registry import Registry
 
 __all__ = ["ModelInfo", "register_model", "create_model", "list_models", "model_info"]
 
@@ -32,7 +33,7 @@ class ModelInfo:
                 f"batch {self.batch_size}, lr {self.lr:g})")
 
 
-_MODELS: dict[str, ModelInfo] = {}
+_MODELS: Registry[ModelInfo] = Registry("model")
 
 
 def register_model(*, epochs: int, batch_size: int, lr: float, milestone_fracs: tuple[float, ...],
@@ -41,23 +42,18 @@ def register_model(*, epochs: int, batch_size: int, lr: float, milestone_fracs: 
     function name (or `name`) with its metadata; a second builder under one name is an error."""
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
-        if key in _MODELS and _MODELS[key].fn is not fn:
-            raise ValueError(f"model names must be unique, but {key=} is already registered")
-        _MODELS[key] = ModelInfo(key, fn, epochs, batch_size, lr, tuple(milestone_fracs),
-                                 tuple(input_size), title)
+        _MODELS.add(key, ModelInfo(key, fn, epochs, batch_size, lr, tuple(milestone_fracs),
+                                   tuple(input_size), title), source=fn)
         return fn
     return wrap
 
 
 def list_models() -> tuple[str, ...]:
-    return tuple(_MODELS)
+    return _MODELS.names()
 
 
 def model_info(name: str) -> ModelInfo:
-    try:
-        return _MODELS[name]
-    except KeyError:
-        raise ValueError(f"model must be one of {list_models()}, but got model={name!r}") from None
+    return _MODELS.get(name)
 
 
 def create_model(name: str, *, bits: int | str = "float", ste: str = "clipped_relu",

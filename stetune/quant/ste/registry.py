@@ -10,32 +10,28 @@
 
 from __future__ import annotations
 
+from ...registry import Registry
 from .base import QuantSTE
 
 __all__ = ["register_ste", "get_ste", "list_stes"]
 
-_REGISTRY: dict[str, type[QuantSTE]] = {}
+_REGISTRY: Registry[type[QuantSTE]] = Registry("ste")
 
 
 def register_ste(name: str):
     def wrap(cls: type[QuantSTE]) -> type[QuantSTE]:
         if not (isinstance(cls, type) and issubclass(cls, QuantSTE)):
             raise TypeError(f"an STE must subclass QuantSTE, but got {cls=}")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"STE names must be unique, but {name=} is already registered")
+        _REGISTRY.add(name, cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return wrap
 
 
 def get_ste(name: str) -> type[QuantSTE]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"ste must be one of {list_stes()}, but got ste={name!r}") from None
+    return _REGISTRY.get(name)
 
 
 def list_stes() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()

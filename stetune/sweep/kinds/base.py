@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ...registry import Registry
 from ...spec import register_spec_kind
 
 __all__ = ["SweepKind", "register_kind", "get_kind", "list_kinds", "trial_status", "FINAL_KEYS",
@@ -43,27 +44,21 @@ class SweepKind:
             raise ValueError(f"a kind declares its phases, but got {self.phases=}")
 
 
-_KINDS: dict[str, SweepKind] = {}
+_KINDS: Registry[SweepKind] = Registry("kind")
 
 
 def register_kind(kind: SweepKind) -> SweepKind:
     """Add a kind to the table (and its spec class to the spec loader's)."""
-    if kind.name in _KINDS and _KINDS[kind.name] is not kind:
-        raise ValueError(f"sweep kind names must be unique, but {kind.name!r} is already registered")
     register_spec_kind(kind.spec)
-    _KINDS[kind.name] = kind
-    return kind
+    return _KINDS.add(kind.name, kind)
 
 
 def get_kind(name: str) -> SweepKind:
-    try:
-        return _KINDS[name]
-    except KeyError:
-        raise ValueError(f"kind must be one of {list_kinds()}, but got kind={name!r}") from None
+    return _KINDS.get(name)
 
 
 def list_kinds() -> tuple[str, ...]:
-    return tuple(_KINDS)
+    return _KINDS.names()
 
 
 def trial_status(last: dict | None, epochs: int, errored: bool = False) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -23,7 +24,9 @@ def _add_train(sub) -> None:
     from .data import dataset_info, list_datasets
     from .models import list_models, model_info
     from .quant import list_stes
+    from .spec import RunSpec
 
+    d = {f.name: f.default for f in dataclasses.fields(RunSpec)}  # RunSpec owns every default
     models = "; ".join(model_info(m).summary() for m in list_models())
     datasets = " | ".join(f"{d} ({'x'.join(map(str, dataset_info(d).input_size))})"
                           for d in list_datasets())
@@ -33,23 +36,23 @@ def _add_train(sub) -> None:
                     f"Unset epochs/batch/lr/milestones take the model's paper defaults ({models}; "
                     "milestones at the same fractions of the epochs).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="lenet5", help=" | ".join(list_models()))
-    p.add_argument("--dataset", default="digits", help=datasets)
-    p.add_argument("--ste", default="clipped_relu", help=" | ".join(list_stes()))
-    p.add_argument("--bits", type=_bits, default=2, help="activation bits 1..8, or 'float' (plain ReLU)")
+    p.add_argument("--model", default=d["model"], help=" | ".join(list_models()))
+    p.add_argument("--dataset", default=d["dataset"], help=datasets)
+    p.add_argument("--ste", default=d["ste"], help=" | ".join(list_stes()))
+    p.add_argument("--bits", type=_bits, default=d["bits"], help="activation bits 1..8, or 'float' (plain ReLU)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the model's)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the model's)")
     p.add_argument("--lr", type=float, help="initial learning rate (default: the model's)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="L2 weight decay")
+    p.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="L2 weight decay")
     p.add_argument("--milestones", type=int, nargs="+", help="epochs at which lr *= gamma")
-    p.add_argument("--gamma", type=float, default=0.1, help="lr decay factor at each milestone")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, data order, augmentation")
-    p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda[:N]")
+    p.add_argument("--gamma", type=float, default=d["gamma"], help="lr decay factor at each milestone")
+    p.add_argument("--seed", type=int, default=d["seed"], help="seed for weights, data order, augmentation")
+    p.add_argument("--device", default=d["device"], help="auto (cuda if available) | cpu | cuda[:N]")
     p.add_argument("--data-dir", help="dataset directory (default: $STETUNE_DATA or ~/.cache/stetune/data)")
     p.add_argument("--limit", type=int, help="use only the first N train and val examples")
     p.add_argument("--alpha", type=float, help="quantizer step (default: Lloyd-Max for the bit-width)")
-    p.add_argument("--alpha-scale", type=float, default=1.0, help="multiply the quantizer step")
+    p.add_argument("--alpha-scale", type=float, default=d["alpha_scale"], help="multiply the quantizer step")
     p.add_argument("--init-from", help="checkpoint (e.g. a float run's) to initialise the weights from")
     p.add_argument("--switch-ste", help="STE to switch to at --switch-ste-at")
     p.add_argument("--switch-ste-at", type=int, help="epoch (1-based) from which --switch-ste is used")
@@ -63,9 +66,7 @@ def _run_train(args) -> int:
     from .spec import RunSpec, SpecError
     from .train import train
 
-    fields = ("model", "dataset", "ste", "bits", "epochs", "batch_size", "lr", "momentum",
-              "weight_decay", "milestones", "gamma", "seed", "device", "data_dir", "limit", "alpha",
-              "alpha_scale", "init_from", "switch_ste", "switch_ste_at")
+    fields = [f.name for f in dataclasses.fields(RunSpec) if hasattr(args, f.name)]
     try:
         spec = RunSpec(**{f: getattr(args, f) for f in fields}).resolved()
     except SpecError as e:

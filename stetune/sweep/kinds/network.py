@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from ...spec import RunSpec, SweepSpec
 from ...train import train
-from .base import SweepKind, cell_config, register_kind, trial_status, tuned
+from .base import SweepKind, cell_config, register_kind, tuned
 
 __all__ = ["KIND", "trial_fn", "summary_rows"]
 

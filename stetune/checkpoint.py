@@ -1,14 +1,20 @@
-"""Checkpoints: full training state (for bit-exact resume) and plain weights (for init_from)."""
+"""Checkpoints: full training state (for bit-exact resume) and plain weights (for init_from).
+
+Every load is `torch.load(weights_only=True)`: tensors, numbers, strings and plain containers
+only, so a crafted file (an `--init-from`, a checkpoint dropped into a checkpoint folder, weights
+someone uploaded to an MLflow run) is refused rather than run."""
 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "load_weights"]
+__all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "load_weights", "safe_load",
+           "UnsafeCheckpointError"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -28,8 +34,23 @@ def save_checkpoint(path: Path, model, opt, sched, gen: torch.Generator, epoch: 
     os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous checkpoint intact
 
 
+class UnsafeCheckpointError(ValueError):
+    """A file that is not a plain-data checkpoint (a pickle that would run code, or garbage)."""
+
+
+def safe_load(path: str | os.PathLike, map_location=None, what: str = "checkpoint"):
+    """torch.load(weights_only=True), with a one-line error naming the file when it refuses."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UnsafeCheckpointError(f"{what} {str(path)!r} must be a weights-only PyTorch file "
+                                    f"(tensors and plain data), but loading it safely failed: "
+                                    f"{first[:200]}") from None
+
+
 def load_checkpoint(path: Path, model, opt, sched, gen: torch.Generator, device) -> dict:
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = safe_load(path, map_location=device)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
@@ -46,5 +67,5 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"init_from must be an existing checkpoint file, but got init_from='{path}'")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = safe_load(path, map_location="cpu", what="init_from")
     model.load_state_dict(state["model"] if isinstance(state, dict) and "model" in state else state)

@@ -82,11 +82,15 @@ def _run_train(args) -> int:
               f"|g| {m['grad_norm']:.3f}  {m['epoch_time']:.1f}s  [{m['status']}]",
               file=sys.stderr, flush=True)
 
+    from .checkpoint import UnsafeCheckpointError
     from .data import DatasetNotFoundError
 
     try:
         result = train(spec, report, checkpoint_dir=args.checkpoint_dir,
                        progress=not args.no_progress and sys.stderr.isatty())
+    except UnsafeCheckpointError as e:  # a crafted or broken file: bad input, refused unread
+        print(f"stetune train: error: {e}", file=sys.stderr)
+        return 2
     except (DatasetNotFoundError, FileNotFoundError) as e:
         print(f"stetune train: error: {e}", file=sys.stderr)
         return 1
@@ -235,9 +239,11 @@ def _run_sweep(args) -> int:
         return 2
     from .sweep import run_sweep
 
+    from .checkpoint import UnsafeCheckpointError
+
     try:
         state = run_sweep(spec, address=args.address, verbose=0 if args.quiet else 1)
-    except FileExistsError as e:
+    except (FileExistsError, UnsafeCheckpointError) as e:
         print(f"stetune sweep: error: {e}", file=sys.stderr)
         return 2
     return _finish_sweep(spec, state)

@@ -115,9 +115,26 @@ def _find_idx(folder: Path) -> list[Path] | None:
     return found
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain containers only: a CIFAR batch is a pickle, and any other
+    global (os.system, ...) in one is refused rather than called."""
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch")
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")  # the real files are python 2 pickles; latin1 as in torchvision
+        try:  # the real files are python 2 pickles; latin1 as in torchvision
+            entry = _ArrayUnpickler(f, encoding="latin1").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f"CIFAR-10 batch {str(path)!r} must be a pickled dict of numpy arrays, "
+                             f"but reading it failed: {e}") from None
     entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}  # b"data" or "data"
     return np.asarray(entry["data"], np.uint8).reshape(-1, 3, 32, 32), np.asarray(entry["labels"], np.int64)
 

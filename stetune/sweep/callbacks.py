@@ -113,9 +113,11 @@ class TrackingCallback(Callback):
         """The model weights and run spec of the trial's last checkpoint (no optimizer state)."""
         import torch
 
+        from ..checkpoint import CHECKPOINT_FILE, safe_load
+
         with tempfile.TemporaryDirectory(prefix="stetune-weights-") as tmp:
-            state = torch.load(Path(checkpoint.to_directory(f"{tmp}/ckpt")) / "checkpoint.pt",
-                               map_location="cpu", weights_only=False)
+            state = safe_load(Path(checkpoint.to_directory(f"{tmp}/ckpt")) / CHECKPOINT_FILE,
+                              map_location="cpu")
             out = Path(tmp) / Path(WEIGHTS_ARTIFACT).name
             torch.save({"model": state["model"], "spec": state["spec"]}, out)
             self.tracker.log_trial_artifact(key, str(out), str(Path(WEIGHTS_ARTIFACT).parent))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ...checkpoint import CHECKPOINT_FILE
+from ...checkpoint import CHECKPOINT_FILE, safe_load
 from ...spec import RepulsionSpec
 from ...stability import loss_ratios, repulsion_rows
 from ...train import train
@@ -84,6 +84,7 @@ def _start_weights(session) -> bytes:
         out = run_one(session, _phase(session, "pretrain", [cfg], None, run.epochs, fixed), path,
                       "training the start minimum")
         state["start"] = {k: out.last.get(k) for k in ("train_loss", "val_acc", "epoch")}
+    safe_load(path, map_location="cpu", what="the start weights")  # refused here, not on workers
     session.save()
     return path.read_bytes()
 

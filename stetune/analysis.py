@@ -70,6 +70,11 @@ class SweepData:
         return self.status == "RUNNING"
 
     @property
+    def incomplete(self) -> bool:
+        """The driver stopped before the end: KILLED (interrupted) or FAILED."""
+        return self.status in ("KILLED", "FAILED")
+
+    @property
     def kind(self) -> str:
         return self.spec.get("kind", "network")
 
@@ -168,6 +173,11 @@ def load_sweep(name: str, tracking_uri: str, experiment: str | None = None) -> S
         done = int((runs["status"] != "running").sum())
         warnings.warn(f"sweep {name!r} is still running: analysing the {done} of {len(runs)} "
                       f"trials that have finished", stacklevel=2)
+    elif data.incomplete:
+        done = int(runs["status"].isin(["finished", "pruned", "diverged"]).sum())
+        warnings.warn(f"sweep {name!r} ended {data.status} (interrupted or failed) before its "
+                      f"budget was done: analysing the {done} trials that ran to a result; "
+                      f"`stetune resume {name}` completes it", stacklevel=2)
     return data
 
 

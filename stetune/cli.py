@@ -240,13 +240,26 @@ def _run_sweep(args) -> int:
     from .sweep import run_sweep
 
     from .checkpoint import UnsafeCheckpointError
+    from .sweep.session import SweepInterrupted
 
     try:
         state = run_sweep(spec, address=args.address, verbose=0 if args.quiet else 1)
     except (FileExistsError, UnsafeCheckpointError) as e:
         print(f"stetune sweep: error: {e}", file=sys.stderr)
         return 2
+    except SweepInterrupted as e:
+        return _interrupted("sweep", spec, e)
     return _finish_sweep(spec, state)
+
+
+def _interrupted(command: str, spec, e) -> int:
+    """One line on what stopped and how to go on; the shell's code for the signal (130, 143)."""
+    from .sweep.kinds import get_kind
+
+    how = (f"continue with `stetune resume {spec.name} --storage {spec.storage}`"
+           if get_kind(spec.kind).resumable else "run it again under another name")
+    print(f"stetune {command}: {e}; its MLflow runs are ended KILLED; {how}", file=sys.stderr)
+    return 128 + e.signum
 
 
 def _run_resume(args) -> int:
@@ -270,9 +283,13 @@ def _run_resume(args) -> int:
               f"under another name (or delete {Path(args.storage) / args.name})", file=sys.stderr)
         return 2
     from .sweep import run_sweep
+    from .sweep.session import SweepInterrupted
 
-    return _finish_sweep(spec, run_sweep(spec, address=args.address, resume=True,
-                                         verbose=0 if args.quiet else 1))
+    try:
+        state = run_sweep(spec, address=args.address, resume=True, verbose=0 if args.quiet else 1)
+    except SweepInterrupted as e:
+        return _interrupted("resume", spec, e)
+    return _finish_sweep(spec, state)
 
 
 def _run_submit(args) -> int:

@@ -107,7 +107,7 @@ def _load(args, command: str):
             warnings.simplefilter("always")
             data = load_sweep(args.name, uri, experiment)
         for w in caught:
-            if issubclass(w.category, UserWarning) and "still running" in str(w.message):
+            if issubclass(w.category, UserWarning) and str(w.message).startswith("sweep "):
                 print(f"stetune {command}: note: {w.message}", file=sys.stderr)
         return data
     except (LookupError, AnalysisError, SpecError) as e:

@@ -14,9 +14,10 @@ __all__ = ["default_tracking_uri", "redact", "flatten", "quote", "metric_key", "
            "WEIGHTS_ARTIFACT", "MASK", "is_secret_key"]
 
 # Trial status -> MLflow run status. Diverged and pruned trials ran to a decision, so they are
-# FINISHED in MLflow; the stetune.status tag keeps the distinction. skipped: nothing to run.
+# FINISHED in MLflow; the stetune.status tag keeps the distinction. skipped: nothing to run;
+# interrupted: the driver was stopped mid-trial (a resume continues the same run).
 TRIAL_STATUSES = {"finished": "FINISHED", "diverged": "FINISHED", "pruned": "FINISHED",
-                  "skipped": "FINISHED", "failed": "FAILED"}
+                  "skipped": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 WEIGHTS_ARTIFACT = "weights/model.pt"  # a trial's final weights (replicate, pretrain runs)
 MASK = "***"
 MAX_KEY_LENGTH = 250  # MLflow's MAX_ENTITY_KEY_LENGTH

@@ -39,6 +39,10 @@ def write_report(data: SweepData, out_dir: str | Path, rule: StabilityRule = Sta
         done = int((data.runs["status"] != "running").sum())
         head.append(f"- **the sweep is still running**: this report uses the {done} of "
                     f"{len(data.runs)} trials that have finished")
+    if data.incomplete:
+        head.append(f"- **the sweep ended {data.status}** (interrupted or failed) before its "
+                    f"budget was done: this report uses the trials that ran to a result; "
+                    f"`stetune resume {data.name}` completes it")
     if not (data.runs["status"] != "running").any():
         files, body = [], ["No trial has finished yet: nothing to analyse."]
     elif data.analysis == "repulsion":

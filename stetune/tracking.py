@@ -296,6 +296,25 @@ class SweepTracker:
                 self._trials.pop(r.data.tags.get("stetune.trial_id", ""), None)
         return dropped
 
+    def end_open_trials(self, status: str) -> list[str]:
+        """End every trial run of this sweep still RUNNING with `status` (a driver stopping
+        mid-phase: interrupted, or failed); returns their trial ids."""
+        if self._parent_run_id is None:
+            return []
+        runs = self.client.search_runs(
+            [self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=50_000,
+            filter_string=(f"tags.`mlflow.parentRunId` = {quote(self.parent_run_id)} "
+                           "and attributes.status = 'RUNNING'"))
+        ended = []
+        for r in runs:
+            trial_id = r.data.tags.get("stetune.trial_id", "")
+            self._log_batch(r.info.run_id, tags={"stetune.status": status})
+            self.client.set_terminated(r.info.run_id, status=TRIAL_STATUSES[status])
+            if trial_id in self._trials:
+                self._trials[trial_id].ended = True
+            ended.append(trial_id)
+        return ended
+
     def _trial(self, trial_id: str) -> _Trial:
         trial_id = str(trial_id)
         trial = self._trials.get(trial_id)

@@ -7,7 +7,9 @@ reports each epoch with it. Kinds get plain `Outcome`s back, never Tune's result
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,6 +22,7 @@ from ray import tune
 from ..checkpoint import CHECKPOINT_FILE
 from .callbacks import CellProgress, TrackingCallback
 from .kinds.base import FINAL_KEYS, trial_status
+from .session import SweepInterrupted
 
 __all__ = ["Phase", "Outcome", "run_phase", "run_one", "trial_workspace", "Workspace",
            "trial_dirname"]
@@ -143,7 +146,13 @@ def run_phase(session, phase: Phase) -> list[Outcome]:
                 verbose=session.verbose,
                 failure_config=tune.FailureConfig(max_failures=phase.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    results = tuner.fit()
+    results, stopped = _fit(session, tuner)
+    total = len(phase.configs) if phase.configs is not None else phase.num_samples
+    ended = results.num_terminated + results.num_errors
+    if stopped or ended < total:  # Tune returns early only when it was told to stop
+        signals = session.signals
+        raise SweepInterrupted((signals and signals.received) or signal.SIGINT, phase.name,
+                               ended, total)
     if session.resume:  # runs of trials the killed driver never snapshotted would be duplicates
         keep = {f"{phase.name}-{r.metrics.get('trial_id') or Path(r.path).name}" for r in results}
         session.tracker.prune_orphans(phase.name, keep)
@@ -151,6 +160,24 @@ def run_phase(session, phase: Phase) -> list[Outcome]:
     return [Outcome(r.config["cfg"], r.metrics or {},
                     judge(r.metrics or {}, errored=r.error is not None), r.error, r.checkpoint, r)
             for r in results]
+
+
+def _fit(session, tuner):
+    """(tuner.fit(), whether a stop signal came): SIGTERM is mapped to Tune's graceful SIGINT
+    stop (Ray's own handler would exit at once). Tune's SIGINT handler puts back the handler it
+    replaced (ours) when it fires, which is how a Ctrl-C that Tune handled shows; the sweep's
+    handlers come back after either way, as Tune otherwise leaves its own set."""
+    signals = session.signals
+    if signals is None or threading.current_thread() is not threading.main_thread():
+        return tuner.fit(), False
+    signals.install()
+    signal.signal(signal.SIGTERM, signals.on_sigterm_in_tune)
+    try:
+        results = tuner.fit()
+        stopped = signals.received is not None or signal.getsignal(signal.SIGINT) == signals.handle
+    finally:
+        signals.install()
+    return results, stopped
 
 
 def run_one(session, phase: Phase, dest: Path, what: str) -> Outcome:

@@ -4,6 +4,8 @@ MLflow parent run, and a Ray connection. Every kind's phases run inside one Sess
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from ..tracking import SweepTracker
 from .callbacks import register_tracker
 from .kinds.base import SweepKind
 
-__all__ = ["Session", "sweep_session", "state_path", "save_state"]
+__all__ = ["Session", "SweepInterrupted", "sweep_session", "state_path", "save_state"]
 
 
 def state_path(spec) -> Path:
@@ -39,9 +41,51 @@ class Session:
     resume: bool
     verbose: int
     tracker: SweepTracker
+    signals: _Signals | None = None
 
     def save(self) -> None:
         save_state(self.spec, self.state)
+
+
+class SweepInterrupted(Exception):
+    """The driver got SIGINT or SIGTERM: the running trials were stopped, the phase is left
+    for `resume`, and the open MLflow runs are ended KILLED."""
+
+    def __init__(self, signum: int, phase: str | None = None, ended: int | None = None,
+                 total: int | None = None):
+        self.signum, self.phase, self.ended, self.total = signum, phase, ended, total
+        where = f" during the {phase} phase" if phase else ""
+        done = f" ({ended} of {total} trials ended)" if total is not None else ""
+        super().__init__(f"interrupted by {signal.Signals(signum).name}{where}{done}")
+
+
+class _Signals:
+    """SIGINT and SIGTERM both stop the sweep the way Tune stops on Ctrl-C (trials stopped, the
+    experiment state saved); which one came decides the exit code. Outside a Tune run they raise
+    KeyboardInterrupt, which the session turns into SweepInterrupted."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._saved: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers are the main thread's
+        for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, whose SIGTERM handler exits
+            self._saved.setdefault(sig, signal.getsignal(sig))
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        self.received = self.received or signum
+        raise KeyboardInterrupt
+
+    def on_sigterm_in_tune(self, signum, frame) -> None:
+        self.received = self.received or signum
+        signal.raise_signal(signal.SIGINT)  # Tune's own handler: a graceful stop
+
+    def restore(self) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
 
 
 @contextmanager
@@ -49,7 +93,8 @@ def sweep_session(spec, kind: SweepKind, *, address: str | None, resume: bool,
                   verbose: int) -> Iterator[Session]:
     """Yield the sweep's Session (state: sweep.json; empty for a new sweep) with its parent MLflow
     run open, its tracker registered for the callbacks and Ray initialised. On exit the state is
-    saved and logged to the parent run, which ends FINISHED, or FAILED if the body raised."""
+    saved and logged to the parent run, which ends FINISHED; KILLED with its open trial runs if
+    the driver was interrupted (SweepInterrupted), FAILED with them if the body raised."""
     root = spec.sweep_dir()
     path = state_path(spec)
     if path.exists() and not resume:
@@ -58,6 +103,7 @@ def sweep_session(spec, kind: SweepKind, *, address: str | None, resume: bool,
         raise FileExistsError(f"sweep '{spec.name}' already exists in {root}; {how}")
     root.mkdir(parents=True, exist_ok=True)
     state = json.loads(path.read_text()) if path.exists() else {}
+    state.pop("interrupted", None)  # a resume continues where that stopped
     (root / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
     save_state(spec, state)
 
@@ -65,17 +111,37 @@ def sweep_session(spec, kind: SweepKind, *, address: str | None, resume: bool,
     tracker = SweepTracker(uri, experiment, spec.name, phases=kind.phases)
     tracker.start_sweep(spec.to_dict(), resume=resume)
     register_tracker(tracker, uri, experiment, spec.name)
-    if not ray.is_initialized():
-        # "local" always starts a fresh Ray here: a bare init() would join whatever cluster
-        # /tmp/ray/ray_current_cluster points at, even a dead one
-        ray.init(address=address or "local", include_dashboard=False if address is None else None,
-                 log_to_driver=verbose > 1)
-    session = Session(spec, kind, state, resume, verbose, tracker)
+    signals = _Signals()
+    session = Session(spec, kind, state, resume, verbose, tracker, signals)
     try:
+        if not ray.is_initialized():
+            # "local" always starts a fresh Ray here: a bare init() would join whatever cluster
+            # /tmp/ray/ray_current_cluster points at, even a dead one
+            ray.init(address=address or "local",
+                     include_dashboard=False if address is None else None,
+                     log_to_driver=verbose > 1)
+        signals.install()
         yield session
+    except (SweepInterrupted, KeyboardInterrupt) as e:
+        if not isinstance(e, SweepInterrupted):
+            e = SweepInterrupted(signals.received or signal.SIGINT)
+        state["interrupted"] = {"phase": e.phase, "signal": signal.Signals(e.signum).name}
+        _end(session, "KILLED", "interrupted")
+        raise e from None
     except BaseException:
-        tracker.end_sweep("FAILED")
+        _end(session, "FAILED", "failed")
         raise
+    finally:
+        signals.restore()
     session.save()
     tracker.log_artifact(str(path))
     tracker.end_sweep("FINISHED")
+
+
+def _end(session: Session, status: str, trials: str) -> None:
+    """End the parent run and every trial run still open: nothing is left RUNNING."""
+    session.save()
+    try:
+        session.tracker.end_open_trials(trials)
+    finally:
+        session.tracker.end_sweep(status)

@@ -1,0 +1,103 @@
+"""Ctrl-C (SIGINT) and SIGTERM stop a sweep cleanly: the running trials stop, sweep.json says
+which phase was interrupted, every open MLflow run ends KILLED, the command exits 130 / 143 with
+one line, and `resume` then finishes exactly the budget, with no run twice and no epoch twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from service_helpers import stop_session
+from sweep_helpers import check_one_run_per_trial, small_spec, sweep_runs, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args):
+    return subprocess.Popen([sys.executable, "-m", "stetune.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for(spec, driver, ready) -> None:
+    """Poll MLflow until ready(children) holds (the driver still running)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        assert driver.poll() is None, driver.communicate()
+        if not (spec.sweep_dir() / "mlflow.db").exists():
+            continue
+        try:
+            _, _, children = sweep_runs(spec)
+        except Exception:  # the store is still being created
+            continue
+        if ready(children):
+            return
+    pytest.fail("the sweep never reached the point to interrupt")
+
+
+def _interrupt(spec, driver, sig, phase: str) -> None:
+    """Send `sig` to the driver alone (as `kill` or a scheduler would) and check what is left."""
+    os.kill(driver.pid, sig)
+    try:
+        out, err = driver.communicate(timeout=180)
+    finally:
+        stop_session(driver)  # the driver's local Ray, whatever happened
+    assert driver.returncode == 128 + sig, (driver.returncode, err[-3000:])
+    lines = [ln for ln in err.splitlines() if ln.startswith("stetune ")]
+    assert lines and lines[-1].startswith(f"stetune sweep: interrupted by {signal.Signals(sig).name} "
+                                          f"during the {phase} phase"), err[-3000:]
+    assert f"stetune resume {spec.name}" in lines[-1] and "Traceback" not in err
+    state = json.loads((spec.sweep_dir() / "sweep.json").read_text())
+    assert state["interrupted"] == {"phase": phase, "signal": signal.Signals(sig).name}
+    assert phase not in state  # the phase is not recorded as done
+    _, parents, children = sweep_runs(spec)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert "RUNNING" not in {c.info.status for c in children}, [c.info.status for c in children]
+    assert any(c.data.tags.get("stetune.status") == "interrupted" and c.info.status == "KILLED"
+               for c in children)
+
+
+def _resume(spec) -> None:
+    resumed = _cli("resume", spec.name, "--storage", spec.storage, "--quiet")
+    try:
+        out, err = resumed.communicate(timeout=600)
+    finally:
+        stop_session(resumed)
+    assert resumed.returncode == 0, err[-4000:]
+    state = json.loads((spec.sweep_dir() / "sweep.json").read_text())
+    assert "interrupted" not in state and {"search", "replicate"} <= set(state)
+
+
+def test_sigterm_during_search_then_resume(tmp_path):
+    spec = small_spec(tmp_path, "term", ["budget.trials_per_cell=2", "replicates.seeds=[1]",
+                                         "cells.ste=[identity, relu]", "cells.bits=[2]",
+                                         "train.epochs=4", "train.limit=1000", "asha.enabled=false"])
+    driver = _cli("sweep", str(write_spec(spec, tmp_path / "term.yaml")), "--quiet")
+    # a search trial has logged an epoch and is still running
+    _wait_for(spec, driver, lambda cs: any(c.info.status == "RUNNING" and "epoch" in c.data.metrics
+                                           for c in cs))
+    _interrupt(spec, driver, signal.SIGTERM, "search")
+    from stetune.analysis import load_sweep
+
+    with pytest.warns(UserWarning, match="ended KILLED .* `stetune resume term` completes it"):
+        load_sweep("term", spec.resolved_tracking_uri())
+    _resume(spec)
+    check_one_run_per_trial(spec, n_search=4, n_replicate=2, statuses=("finished",))
+
+
+def test_sigint_during_replicates_then_resume(tmp_path):
+    spec = small_spec(tmp_path, "int", ["budget.trials_per_cell=1", "replicates.seeds=[1, 2]",
+                                        "cells.ste=[relu]", "cells.bits=[2]", "search={}",
+                                        "train.epochs=4", "train.limit=1000"])
+    driver = _cli("sweep", str(write_spec(spec, tmp_path / "int.yaml")), "--quiet")
+    _wait_for(spec, driver, lambda cs: any(c.data.tags.get("stetune.phase") == "replicate"
+                                           and "epoch" in c.data.metrics for c in cs))
+    _interrupt(spec, driver, signal.SIGINT, "replicate")
+    _resume(spec)
+    check_one_run_per_trial(spec, n_search=1, n_replicate=2, statuses=("finished",))

@@ -222,11 +222,18 @@ def _finish_sweep(spec, state: dict) -> int:
     from .sweep.kinds import get_kind
 
     print("\n" + get_kind(spec.kind).summary(spec, state))
-    return _browse(spec)
+    _browse(spec)
+    failed = [f"{phase}: {t}" for phase, trials in state.get("failed", {}).items() for t in trials]
+    if failed:  # a failed trial is a hole in the results (diverged ones are results)
+        print(f"stetune: {len(failed)} trial(s) failed: {'; '.join(failed)}", file=sys.stderr)
+        return 3
+    return 0
 
 
 def _browse(spec) -> int:
-    uri = spec.resolved_tracking_uri()
+    from .naming import redact
+
+    uri = redact(spec.resolved_tracking_uri())  # stdout ends up in job logs: no password
     ui = (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:")
           else f"open {uri} in a browser")
     print(f"\nbrowse it: {ui}   (experiment '{spec.resolved_experiment()}')")

@@ -157,9 +157,25 @@ def run_phase(session, phase: Phase) -> list[Outcome]:
         keep = {f"{phase.name}-{r.metrics.get('trial_id') or Path(r.path).name}" for r in results}
         session.tracker.prune_orphans(phase.name, keep)
     judge = phase.judge()
-    return [Outcome(r.config["cfg"], r.metrics or {},
-                    judge(r.metrics or {}, errored=r.error is not None), r.error, r.checkpoint, r)
-            for r in results]
+    outcomes = [Outcome(r.config["cfg"], r.metrics or {},
+                        judge(r.metrics or {}, errored=r.error is not None), r.error, r.checkpoint,
+                        r) for r in results]
+    # failed trials (errors, not diverged runs: those are results) make the command exit 3
+    failed = session.state.setdefault("failed", {})
+    failed[phase.name] = [f"{o.cfg['cell']} ({_first_line(o.error)})" for o in outcomes
+                          if o.status == "failed"]
+    if not failed[phase.name]:
+        del failed[phase.name]
+    if not failed:
+        del session.state["failed"]
+    return outcomes
+
+
+def _first_line(error: BaseException | None) -> str:
+    if error is None:
+        return "no result reported"
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:200]  # Ray puts the cause last
 
 
 def _fit(session, tuner):

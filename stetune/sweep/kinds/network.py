@@ -136,31 +136,42 @@ def run(session) -> None:
 
 # -- summary ---------------------------------------------------------------------------------------
 def summary_rows(spec: SweepSpec, state: dict) -> list[dict]:
+    """Per cell: the search's trials by status, its best value and params, and the replicates'
+    mean and std over the finished ones only (failed and diverged ones are counted, not averaged)."""
     rows = []
     for key, cell in state.get("search", {}).items():
-        reps = [r for r in state.get("replicate", {}).get(key, []) if isinstance(r.get("val_acc"), float)]
-        accs = [r["val_acc"] for r in reps]
+        reps = state.get("replicate", {}).get(key, [])
+        accs = [r["val_acc"] for r in reps
+                if r.get("status") == "finished" and isinstance(r.get("val_acc"), float)]
+        ended = cell["diverged"] + cell["pruned"] + cell["failed"]
         rows.append({
-            "cell": key, "trials": cell["trials"], "diverged": cell["diverged"], "pruned": cell["pruned"],
-            "failed": cell["failed"], f"best_{spec.metric}": cell["best"]["value"] if cell["best"] else None,
+            "cell": key, "trials": cell["trials"], "finished": cell["trials"] - ended,
+            "pruned": cell["pruned"], "diverged": cell["diverged"], "failed": cell["failed"],
+            f"best_{spec.metric}": cell["best"]["value"] if cell["best"] else None,
             "params": cell["best"]["params"] if cell["best"] else None,
             "replicate_val_acc_mean": statistics.fmean(accs) if accs else None,
             "replicate_val_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
-            "replicates": len(accs)})
+            "replicates": len(accs),
+            "replicates_failed": sum(r.get("status") == "failed" for r in reps),
+            "replicates_diverged": sum(r.get("status") == "diverged" for r in reps)})
     return rows
 
 
 def summary(spec: SweepSpec, state: dict) -> str:
     metric = f"best_{spec.metric}"
-    lines = [f"{'cell':<18} {'trials':>6} {'div':>4} {'pruned':>6} {metric:>14} "
-             f"{'replicates val_acc':>22}  best params"]
+    lines = [f"{'cell':<18} {'trials':>6} {'done':>4} {'pruned':>6} {'div':>4} {'failed':>6} "
+             f"{metric:>14} {'replicates val_acc':>26}  best params"]
     for r in summary_rows(spec, state):
         std = r["replicate_val_acc_std"]
-        rep = (f"{r['replicate_val_acc_mean']:.4f}" + (f" ± {std:.4f}" if std is not None else "")
-               + f" (n={r['replicates']})" if r["replicates"] else "-")
+        bad = ", ".join(f"{r[f'replicates_{s}']} {s}" for s in ("failed", "diverged")
+                        if r[f"replicates_{s}"])
+        rep = ((f"{r['replicate_val_acc_mean']:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+                + f" (n={r['replicates']})") if r["replicates"] else "-") + (f" +{bad}" if bad else "")
         best = f"{r[metric]:.4f}" if r[metric] is not None else "-"
-        lines.append(f"{r['cell']:<18} {r['trials']:>6} {r['diverged']:>4} {r['pruned']:>6} "
-                     f"{best:>14} {rep:>22}  {r['params']}")
+        lines.append(f"{r['cell']:<18} {r['trials']:>6} {r['finished']:>4} {r['pruned']:>6} "
+                     f"{r['diverged']:>4} {r['failed']:>6} {best:>14} {rep:>26}  {r['params']}")
+    lines.append("(done = ran every epoch; replicates: mean ± std of the finished replicates' "
+                 "last-epoch val_acc, n of them)")
     return "\n".join(lines)
 
 

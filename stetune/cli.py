@@ -1,4 +1,5 @@
-"""The `stetune` command: train, bench, theory, sweep, resume, submit, status, logs, schema."""
+"""The `stetune` command: train, bench, bench-sweep and theory here; sweep, resume, submit,
+status, logs and schema in cli_sweep; analyze and export in cli_analysis."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ import json
 import sys
 
 __all__ = ["main", "build_parser"]
+
+
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one: None means "the model's" or "none", which the
+    option's help says."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def _bits(value: str):
@@ -35,7 +44,7 @@ def _add_train(sub) -> None:
         description="Train one activation-quantized (or float) network and print a JSON summary. "
                     f"Unset epochs/batch/lr/milestones take the model's paper defaults ({models}; "
                     "milestones at the same fractions of the epochs).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Defaults)
     p.add_argument("--model", default=d["model"], help=" | ".join(list_models()))
     p.add_argument("--dataset", default=d["dataset"], help=datasets)
     p.add_argument("--ste", default=d["ste"], help=" | ".join(list_stes()))
@@ -45,7 +54,8 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=float, help="initial learning rate (default: the model's)")
     p.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum")
     p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="L2 weight decay")
-    p.add_argument("--milestones", type=int, nargs="+", help="epochs at which lr *= gamma")
+    p.add_argument("--milestones", type=int, nargs="+",
+                   help="epochs at which lr *= gamma (default: the model's fractions of the epochs)")
     p.add_argument("--gamma", type=float, default=d["gamma"], help="lr decay factor at each milestone")
     p.add_argument("--seed", type=int, default=d["seed"], help="seed for weights, data order, augmentation")
     p.add_argument("--device", default=d["device"], help="auto (cuda if available) | cpu | cuda[:N]")
@@ -112,7 +122,7 @@ def _add_bench(sub) -> None:
         description="Time training steps (forward, backward, SGD step) of each model with quantized "
                     "activations, for every STE, against the same model with float ReLU, same loop "
                     "and batch. Rounds are interleaved; medians are reported with the quantized/float "
-                    "ratio.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "ratio.", formatter_class=_Defaults)
     p.add_argument("--models", nargs="+", default=["lenet5", "resnet20"], help="models to time")
     p.add_argument("--bits", type=_bits, default=2, help="activation bits of the quantized runs")
     p.add_argument("--batch-size", type=int, default=128, help="batch size")
@@ -146,7 +156,7 @@ def _add_bench_sweep(sub) -> None:
         description="Run a sweep of identical-length LeNet-5 trials on digits on a local Ray and "
                     "report utilisation = sum of the trials' epoch times / (wall time x slots), and "
                     "the per-trial overhead (start-up, scheduling, checkpoints, MLflow).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Defaults)
     p.add_argument("--trials", type=int, default=8, help="number of trials")
     p.add_argument("--epochs", type=int, default=100, help="epochs per trial (100 ≈ 30 s on one core)")
     p.add_argument("--slots", type=int, default=2, help="concurrent trials (one CPU each)")
@@ -164,207 +174,6 @@ def _run_bench_sweep(args) -> int:
     return 0
 
 
-def _add_sweep(sub) -> None:
-    from .sweep.kinds import get_kind, list_kinds
-
-    kinds = "; ".join(f"`kind: {k}`{' (the default)' if k == 'network' else ''}: "
-                      f"{get_kind(k).description}" for k in list_kinds())
-    p = sub.add_parser(
-        "sweep", help="run a sweep spec on Ray Tune (local Ray, or --address of a cluster)",
-        description="Run a YAML sweep spec: optional float pre-training, an equal Optuna TPE budget "
-                    "for every (STE, bits) cell with ASHA early stopping, then the best config of "
-                    "each cell re-run with the replicate seeds. Every trial is an MLflow run. "
-                    f"Kinds: {kinds}. `stetune schema` prints the spec's JSON Schema.")
-    p.add_argument("spec", help="sweep spec YAML (see sweeps/)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec field, e.g. --set epochs=2 --set budget.trials_per_cell=1")
-    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--quiet", action="store_true", help="no Ray progress table")
-    p.set_defaults(func=_run_sweep)
-
-    r = sub.add_parser("resume", help="resume an interrupted sweep by name",
-                       description="Restore an interrupted sweep (trials, searcher state, "
-                                   "checkpoints) and run it to the end; MLflow runs are reused.")
-    r.add_argument("name", help="the sweep's name")
-    r.add_argument("--storage", default="runs", help="the sweep's storage directory")
-    r.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-    r.add_argument("--quiet", action="store_true", help="no Ray progress table")
-    r.set_defaults(func=_run_resume)
-
-    j = sub.add_parser("submit", help="submit a sweep to a Ray cluster through the Jobs API",
-                       description="Ship the spec and the stetune source to a Ray cluster as a Ray "
-                                   "job and print its id. Token auth: set RAY_AUTH_TOKEN as for any "
-                                   "Ray client. Give the spec an absolute storage path on the "
-                                   "cluster and an MLflow server as tracking_uri.")
-    j.add_argument("spec", help="sweep spec YAML")
-    j.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
-    j.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec field")
-    j.set_defaults(func=_run_submit)
-    for name, helptext in (("status", "a submitted job's status"), ("logs", "a submitted job's logs")):
-        q = sub.add_parser(name, help=helptext, description=f"Print {helptext}.")
-        q.add_argument("job", help="job id printed by stetune submit")
-        q.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
-        q.set_defaults(func=_run_job_query, query=name)
-
-
-def _load_spec(path: str, sets: list[str], command: str):
-    from .spec import SpecError, load_sweep_spec
-
-    try:
-        return load_sweep_spec(path, sets)
-    except SpecError as e:
-        print(f"stetune {command}: error: {e}", file=sys.stderr)
-        return None
-
-
-def _finish_sweep(spec, state: dict) -> int:
-    from .sweep.kinds import get_kind
-
-    print("\n" + get_kind(spec.kind).summary(spec, state))
-    _browse(spec)
-    failed = [f"{phase}: {t}" for phase, trials in state.get("failed", {}).items() for t in trials]
-    if failed:  # a failed trial is a hole in the results (diverged ones are results)
-        print(f"stetune: {len(failed)} trial(s) failed: {'; '.join(failed)}", file=sys.stderr)
-        return 3
-    return 0
-
-
-def _browse(spec) -> int:
-    from .naming import redact
-
-    uri = redact(spec.resolved_tracking_uri())  # stdout ends up in job logs: no password
-    ui = (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:")
-          else f"open {uri} in a browser")
-    print(f"\nbrowse it: {ui}   (experiment '{spec.resolved_experiment()}')")
-    return 0
-
-
-def _run_sweep(args) -> int:
-    spec = _load_spec(args.spec, args.sets, "sweep")
-    if spec is None:
-        return 2
-    from .sweep import run_sweep
-
-    from .checkpoint import UnsafeCheckpointError
-    from .sweep.session import SweepInterrupted
-
-    try:
-        state = run_sweep(spec, address=args.address, verbose=0 if args.quiet else 1)
-    except (FileExistsError, UnsafeCheckpointError) as e:
-        print(f"stetune sweep: error: {e}", file=sys.stderr)
-        return 2
-    except SweepInterrupted as e:
-        return _interrupted("sweep", spec, e)
-    return _finish_sweep(spec, state)
-
-
-def _interrupted(command: str, spec, e) -> int:
-    """One line on what stopped and how to go on; the shell's code for the signal (130, 143)."""
-    from .sweep.kinds import get_kind
-
-    how = (f"continue with `stetune resume {spec.name} --storage {spec.storage}`"
-           if get_kind(spec.kind).resumable else "run it again under another name")
-    print(f"stetune {command}: {e}; its MLflow runs are ended KILLED; {how}", file=sys.stderr)
-    return 128 + e.signum
-
-
-def _run_resume(args) -> int:
-    from pathlib import Path
-
-    from .spec import SpecError, spec_from_dict
-    from .sweep.kinds import get_kind
-
-    saved = Path(args.storage).expanduser().resolve() / args.name / "spec.json"
-    if not saved.exists():
-        print(f"stetune resume: error: no sweep named '{args.name}' in {saved.parent.parent}",
-              file=sys.stderr)
-        return 2
-    try:
-        spec = spec_from_dict(json.loads(saved.read_text()))
-    except SpecError as e:
-        print(f"stetune resume: error: {saved}: {e}", file=sys.stderr)
-        return 2
-    if not get_kind(spec.kind).resumable:  # short grids: rerunning them is the resume
-        print(f"stetune resume: error: {spec.kind} sweeps cannot be resumed; run the spec again "
-              f"under another name (or delete {Path(args.storage) / args.name})", file=sys.stderr)
-        return 2
-    from .sweep import run_sweep
-    from .sweep.session import SweepInterrupted
-
-    try:
-        state = run_sweep(spec, address=args.address, resume=True, verbose=0 if args.quiet else 1)
-    except SweepInterrupted as e:
-        return _interrupted("resume", spec, e)
-    return _finish_sweep(spec, state)
-
-
-def _run_submit(args) -> int:
-    spec = _load_spec(args.spec, args.sets, "submit")
-    if spec is None:
-        return 2
-    from .sweep.jobs import submit
-
-    try:
-        job_id = submit(spec, args.address)
-    except _job_client_errors() as e:
-        return _job_error("submit", e)
-    print(job_id)
-    print(f"follow it: stetune status {job_id} --address {args.address}; "
-          f"stetune logs {job_id} --address {args.address}", file=sys.stderr)
-    return 0
-
-
-def _run_job_query(args) -> int:
-    from .sweep.jobs import job_logs, job_status
-
-    try:
-        out = job_status(args.address, args.job) if args.query == "status" else job_logs(args.address, args.job)
-    except _job_client_errors() as e:
-        return _job_error(args.query, e)
-    print(out)
-    return 0
-
-
-def _job_client_errors() -> tuple[type[BaseException], ...]:
-    from .sweep.jobs import client_errors
-
-    return client_errors()
-
-
-def _job_error(command: str, e: BaseException) -> int:
-    from .sweep.jobs import is_auth_error
-
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # Ray appends a long how-to
-    hint = " (set RAY_AUTH_TOKEN to the cluster's token)" if is_auth_error(e) else ""
-    print(f"stetune {command}: error: {first}{hint}", file=sys.stderr)
-    return 1
-
-
-def _add_schema(sub) -> None:
-    p = sub.add_parser(
-        "schema", help="print the JSON Schema of sweep specs (for editors)",
-        description="Print a JSON Schema (draft 2020-12) of sweep spec files, every kind, made from "
-                    "the same field rules the loader checks. Point an editor at it to validate and "
-                    "complete sweeps/*.yaml (README: Sweeps).")
-    p.add_argument("--out", help="write it to this file instead of standard output")
-    p.set_defaults(func=_run_schema)
-
-
-def _run_schema(args) -> int:
-    import stetune.sweep.kinds  # noqa: F401  (every registered kind is in the schema)
-    from .spec import json_schema
-
-    text = json.dumps(json_schema(), indent=2) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stetune",
@@ -374,20 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"stetune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_train(sub)
-    _add_bench(sub)
-    _add_sweep(sub)
-    _add_bench_sweep(sub)
-    _add_schema(sub)
     from .cli_analysis import add_parsers as add_analysis
+    from .cli_sweep import add_parsers as add_sweep
     from .theory.cli import add_parser as add_theory
 
+    _add_train(sub)
+    _add_bench(sub)
+    add_sweep(sub)
+    _add_bench_sweep(sub)
     add_analysis(sub)
     add_theory(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import load_plugins
+
+    try:
+        load_plugins()  # before the parser: its help lists what plugins register
+    except ImportError as e:
+        print(f"stetune: error: {e}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     return args.func(args)
 

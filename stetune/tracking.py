@@ -296,6 +296,14 @@ class SweepTracker:
                 self._trials.pop(r.data.tags.get("stetune.trial_id", ""), None)
         return dropped
 
+    def count_ended(self, phase: str) -> int:
+        """How many of this sweep's `phase` trial runs have ended (are not RUNNING)."""
+        runs = self.client.search_runs(
+            [self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=50_000,
+            filter_string=(f"tags.`mlflow.parentRunId` = {quote(self.parent_run_id)} "
+                           f"and tags.`stetune.phase` = {quote(phase)}"))
+        return sum(r.info.status != "RUNNING" for r in runs)
+
     def end_open_trials(self, status: str) -> list[str]:
         """End every trial run of this sweep still RUNNING with `status` (a driver stopping
         mid-phase: interrupted, or failed); returns their trial ids."""

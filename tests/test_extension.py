@@ -220,10 +220,16 @@ def test_toy_spec_errors_keep_the_path_rule_value_form(toys, bad, message):
         spec_from_dict({"kind": "toy", "name": "t", "xs": [1]} | bad)
 
 
-def test_plugins_that_cannot_be_imported_say_so(tmp_path):
+def test_plugins_that_cannot_be_imported_say_so_in_one_line(tmp_path):
     import subprocess
 
-    env = {"STETUNE_PLUGINS": "no_such_plugin_module", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", "import stetune"], capture_output=True,
-                         text=True, env=env)
-    assert out.returncode != 0 and "STETUNE_PLUGINS names 'no_such_plugin_module'" in out.stderr
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('half-written')\n")
+    for name, why in (("no_such_plugin_module", "ModuleNotFoundError"),
+                      ("broken_plugin", "RuntimeError: half-written")):
+        env = {"STETUNE_PLUGINS": name, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}
+        out = subprocess.run([sys.executable, "-m", "stetune.cli", "--help"], capture_output=True,
+                             text=True, env=env, timeout=120)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1, out.stderr
+        assert lines[0].startswith(f"stetune: error: STETUNE_PLUGINS names {name!r}, which "
+                                   f"cannot be imported: {why}"), lines

@@ -77,12 +77,21 @@ def _resume(spec) -> None:
 def test_sigterm_during_search_then_resume(tmp_path):
     spec = small_spec(tmp_path, "term", ["budget.trials_per_cell=2", "replicates.seeds=[1]",
                                          "cells.ste=[identity, relu]", "cells.bits=[2]",
-                                         "train.epochs=4", "train.limit=1000", "asha.enabled=false"])
+                                         "train.epochs=6", "train.limit=1000", "asha.enabled=false"])
     driver = _cli("sweep", str(write_spec(spec, tmp_path / "term.yaml")), "--quiet")
+    # a second driver is refused while this one lives, in one line naming it
+    _wait_for(spec, driver, lambda cs: True)  # its store exists: it holds the lock
+    second = _cli("resume", spec.name, "--storage", spec.storage)
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 2, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"stetune resume: error: sweep '{spec.name}' is being run by pid "
+                           f"{driver.pid} on host ") and "since" in line
     # a search trial has logged an epoch and is still running
     _wait_for(spec, driver, lambda cs: any(c.info.status == "RUNNING" and "epoch" in c.data.metrics
                                            for c in cs))
     _interrupt(spec, driver, signal.SIGTERM, "search")
+    assert not (spec.sweep_dir() / "driver.lock").exists()
     from stetune.analysis import load_sweep
 
     with pytest.warns(UserWarning, match="ended KILLED .* `stetune resume term` completes it"):

@@ -110,7 +110,7 @@ def test_preset_is_small_and_documented():
 # -- a real local-Ray run -----------------------------------------------------------------------
 @pytest.mark.slow
 def test_theory_sweep_on_local_ray(tmp_path, local_ray, capsys):
-    from stetune.cli import _finish_sweep
+    from stetune.cli_sweep import _finish_sweep
     from stetune.sweep import run_sweep
     from sweep_helpers import sweep_runs
 

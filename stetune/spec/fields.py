@@ -91,7 +91,8 @@ class Num(Rule):
         ok = is_number(value) and all(op(value, limit) for op, limit, *_ in self.bounds)
         if not (ok and (self.test is None or self.test(value))):
             infinite = isinstance(value, float) and not math.isfinite(value)
-            fail(path, self.words, value, " (inf and nan are not numbers here)" if infinite else "")
+            fail(path, self.words, value, " (a finite number is needed: inf and nan are refused)"
+                 if infinite else "")
         return value
 
     def schema(self):

@@ -77,9 +77,10 @@ class RepulsionSpec(Placement):
     """The repulsion experiment: continue a trained minimum with other STEs (a small-lr probe)."""
     kind: ClassVar[str] = "repulsion"
 
-    model: str = fld(Choice(_models), "one of list_models()", example="model: lenet5")
-    dataset: str = fld(Choice(list_datasets), "one of list_datasets()",
-                       example="dataset: fashion-mnist")
+    model: str = fld(Choice(_models), "a registered model (lenet5, vgg11, resnet20, plugins)",
+                     example="model: lenet5")
+    dataset: str = fld(Choice(list_datasets), "a registered dataset (digits, fashion-mnist, "
+                       "mnist, cifar10, ...)", example="dataset: fashion-mnist")
     bits: int = fld(Int(ge=1, le=MAX_BITS, words=f"an int in 1..{MAX_BITS} (quantized: a float "
                         "net has no STE)"), "quantized activation bits (a float net has no STE "
                     "to repel)", example="bits: 4")

@@ -36,7 +36,8 @@ MAX_TRIALS = 100_000  # per cell: a day of 1-second trials; more is a typo, not 
 @dataclass(frozen=True)
 class Cells:
     ste: tuple[str, ...] = fld(ListOf(Choice(list_stes), nonempty=True, unique=True),
-                               "STEs compared (list_stes())", example="ste: [clipped_relu]")
+                               "STEs compared (identity, relu, clipped_relu, plugins)",
+                               example="ste: [clipped_relu]")
     bits: tuple[int | str, ...] = fld(ListOf(Bits(), nonempty=True, unique=True),
                                       "activation bits: 1..8, or 'float'", example="bits: [2, 4]")
 
@@ -86,8 +87,10 @@ class SweepSpec(Placement):
     kind: ClassVar[str] = "network"
     bare_section: ClassVar[str] = "train"  # `--set epochs=2` sets train.epochs
 
-    model: str = fld(Choice(_models), "one of list_models()", example="model: lenet5")
-    dataset: str = fld(Choice(list_datasets), "one of list_datasets()", example="dataset: digits")
+    model: str = fld(Choice(_models), "a registered model (lenet5, vgg11, resnet20, plugins)",
+                     example="model: lenet5")
+    dataset: str = fld(Choice(list_datasets), "a registered dataset (digits, fashion-mnist, "
+                       "mnist, cifar10, ...)", example="dataset: digits")
     cells: Cells = fld(Section(Cells, null=False), "the comparison grid",
                        example="cells: {ste: [clipped_relu], bits: [2]}")
     search: dict[str, Param] = fld(Search(TRAIN_FIELDS + SWEEP_OWNED), "tunable field -> "

@@ -22,7 +22,7 @@ from ray import tune
 from ..checkpoint import CHECKPOINT_FILE
 from .callbacks import CellProgress, TrackingCallback
 from .kinds.base import FINAL_KEYS, trial_status
-from .session import SweepInterrupted
+from .session import SweepInterrupted, SweepStateError
 
 __all__ = ["Phase", "Outcome", "run_phase", "run_one", "trial_workspace", "Workspace",
            "trial_dirname"]
@@ -69,6 +69,9 @@ class Workspace:
 def trial_workspace(prefix: str = "stetune-trial-") -> Iterator[Workspace]:
     """Everything travels through Tune (no shared disk): the last reported checkpoint, if this
     is a retry, is restored into `ckpt` before the trial body runs."""
+    from .. import load_plugins
+
+    load_plugins()  # a plugin's model, dataset or STE must exist on this worker too
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         ws = Workspace(Path(tmp), Path(tmp) / "ckpt", ray.get_runtime_context().get_node_id())
         ws.ckpt.mkdir()
@@ -124,10 +127,8 @@ def run_phase(session, phase: Phase) -> list[Outcome]:
     spec, path = session.spec, session.spec.sweep_dir() / phase.name
     trainable = tune.with_resources(tune.with_parameters(phase.trainable, **phase.kwargs),
                                     phase.resources)
-    if session.resume and tune.Tuner.can_restore(str(path)):
-        # the restored callbacks are unpickled copies: they find the driver's tracker by name
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+    if session.resume and path.exists():
+        tuner = _restore(path, trainable, phase.name)
     else:
         status = phase.judge()
         callbacks = [TrackingCallback(spec.resolved_tracking_uri(), spec.resolved_experiment(),
@@ -150,9 +151,9 @@ def run_phase(session, phase: Phase) -> list[Outcome]:
     total = len(phase.configs) if phase.configs is not None else phase.num_samples
     ended = results.num_terminated + results.num_errors
     if stopped or ended < total:  # Tune returns early only when it was told to stop
-        signals = session.signals
+        signals = session.signals  # (trials it stopped count as terminated: ask MLflow instead)
         raise SweepInterrupted((signals and signals.received) or signal.SIGINT, phase.name,
-                               ended, total)
+                               session.tracker.count_ended(phase.name), total)
     if session.resume:  # runs of trials the killed driver never snapshotted would be duplicates
         keep = {f"{phase.name}-{r.metrics.get('trial_id') or Path(r.path).name}" for r in results}
         session.tracker.prune_orphans(phase.name, keep)
@@ -176,6 +177,23 @@ def _first_line(error: BaseException | None) -> str:
         return "no result reported"
     lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
     return (lines[-1] if lines else type(error).__name__)[:200]  # Ray puts the cause last
+
+
+def _restore(path: Path, trainable, name: str):
+    """The interrupted phase's Tuner, or a one-line SweepStateError: never a silent restart."""
+    again = f"delete {path} to run the {name} phase again from its start"
+    if not tune.Tuner.can_restore(str(path)):
+        raise SweepStateError(f"{path}: Tune's experiment state is missing or unreadable, so the "
+                              f"{name} phase cannot continue where it stopped; {again}")
+    try:
+        # the restored callbacks are unpickled copies: they find the driver's tracker by name
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    except Exception as e:  # unpickling: another stetune version's state, or a damaged file
+        raise SweepStateError(f"{path}: Tune's experiment state cannot be restored "
+                              f"({type(e).__name__}: {_first_line(e)}), e.g. it was written by "
+                              f"another stetune version; {again}, or rerun the sweep under "
+                              f"another name") from None
 
 
 def _fit(session, tuner):

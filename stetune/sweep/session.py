@@ -16,8 +16,10 @@ import ray
 from ..tracking import SweepTracker
 from .callbacks import register_tracker
 from .kinds.base import SweepKind
+from .lock import DriverLock
 
-__all__ = ["Session", "SweepInterrupted", "sweep_session", "state_path", "save_state"]
+__all__ = ["Session", "SweepInterrupted", "SweepStateError", "sweep_session", "state_path",
+           "save_state"]
 
 
 def state_path(spec) -> Path:
@@ -59,6 +61,11 @@ class SweepInterrupted(Exception):
         super().__init__(f"interrupted by {signal.Signals(signum).name}{where}{done}")
 
 
+class SweepStateError(RuntimeError):
+    """A sweep's saved state (Tune's, sweep.json, spec.json) cannot be used as it is; the message
+    names the file and what the user can do."""
+
+
 class _Signals:
     """SIGINT and SIGTERM both stop the sweep the way Tune stops on Ctrl-C (trials stopped, the
     experiment state saved); which one came decides the exit code. Outside a Tune run they raise
@@ -97,11 +104,22 @@ def sweep_session(spec, kind: SweepKind, *, address: str | None, resume: bool,
     the driver was interrupted (SweepInterrupted), FAILED with them if the body raised."""
     root = spec.sweep_dir()
     path = state_path(spec)
-    if path.exists() and not resume:
-        how = (f"use `stetune resume {spec.name}` or another name" if kind.resumable
-               else "use another name (or delete it)")
-        raise FileExistsError(f"sweep '{spec.name}' already exists in {root}; {how}")
     root.mkdir(parents=True, exist_ok=True)
+    lock = DriverLock(root, spec.name)
+    lock.acquire()  # before anything is read or written: one driver per sweep
+    try:
+        if path.exists() and not resume:
+            how = (f"use `stetune resume {spec.name}` or another name" if kind.resumable
+                   else "use another name (or delete it)")
+            raise FileExistsError(f"sweep '{spec.name}' already exists in {root}; {how}")
+        with _run(spec, kind, root, path, address, resume, verbose) as session:
+            yield session
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int):
     state = json.loads(path.read_text()) if path.exists() else {}
     state.pop("interrupted", None)  # a resume continues where that stopped
     (root / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))

@@ -27,9 +27,8 @@ def trial_fn(config: dict, spec: dict, init_state: bytes | None = None) -> None:
     from ..phase import trial_workspace
 
     cfg = config["cfg"]
-    sweep = SweepSpec.from_dict(spec)
     with trial_workspace() as ws:
-        run = _run_spec(sweep, cfg)
+        run = _run_spec(SweepSpec.from_dict(spec), cfg)
         if init_state is not None and cfg["phase"] != "pretrain":
             run = replace(run, init_from=ws.write("init.pt", init_state))
         train(run, ws.report, checkpoint_dir=ws.ckpt)

@@ -27,8 +27,9 @@ def repulsion_trial(config: dict, spec: dict, init_state: bytes | None = None) -
     from ..phase import trial_workspace
 
     cfg = config["cfg"]
-    spec_ = RepulsionSpec.from_dict(spec)
     with trial_workspace("stetune-repulsion-") as ws:
+        spec_ = RepulsionSpec.from_dict(spec)
+
         def reporter(offset: int):
             def report(metrics: dict) -> None:
                 ws.report(dict(metrics, epoch=metrics["epoch"] + offset if metrics["epoch"] else 0))

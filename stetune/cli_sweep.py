@@ -1,0 +1,226 @@
+"""`stetune sweep`, `resume`, `submit`, `status`, `logs` and `schema`: running sweeps of any
+kind (each kind's summary and resumability come from its entry in the kind table)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub) -> None:
+    _add_sweep(sub)
+    _add_schema(sub)
+
+
+def _add_sweep(sub) -> None:
+    from .sweep.kinds import get_kind, list_kinds
+
+    kinds = "; ".join(f"`kind: {k}`{' (the default)' if k == 'network' else ''}: "
+                      f"{get_kind(k).description}" for k in list_kinds())
+    p = sub.add_parser(
+        "sweep", help="run a sweep spec on Ray Tune (local Ray, or --address of a cluster)",
+        description="Run a YAML sweep spec: optional float pre-training, an equal Optuna TPE budget "
+                    "for every (STE, bits) cell with ASHA early stopping, then the best config of "
+                    "each cell re-run with the replicate seeds. Every trial is an MLflow run. "
+                    f"Kinds: {kinds}. `stetune schema` prints the spec's JSON Schema.")
+    p.add_argument("spec", help="sweep spec YAML (see sweeps/)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set epochs=2 --set budget.trials_per_cell=1")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--quiet", action="store_true", help="no Ray progress table")
+    p.set_defaults(func=_run_sweep)
+
+    r = sub.add_parser("resume", help="resume an interrupted sweep by name",
+                       description="Restore an interrupted sweep (trials, searcher state, "
+                                   "checkpoints) and run it to the end; MLflow runs are reused.")
+    r.add_argument("name", help="the sweep's name")
+    r.add_argument("--storage", default="runs", help="the sweep's storage directory")
+    r.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    r.add_argument("--quiet", action="store_true", help="no Ray progress table")
+    r.set_defaults(func=_run_resume)
+
+    j = sub.add_parser("submit", help="submit a sweep to a Ray cluster through the Jobs API",
+                       description="Ship the spec and the stetune source to a Ray cluster as a Ray "
+                                   "job and print its id. Token auth: set RAY_AUTH_TOKEN as for any "
+                                   "Ray client. Give the spec an absolute storage path on the "
+                                   "cluster and an MLflow server as tracking_uri.")
+    j.add_argument("spec", help="sweep spec YAML")
+    j.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+    j.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field")
+    j.set_defaults(func=_run_submit)
+    for name, helptext in (("status", "a submitted job's status"), ("logs", "a submitted job's logs")):
+        q = sub.add_parser(name, help=helptext, description=f"Print {helptext}.")
+        q.add_argument("job", help="job id printed by stetune submit")
+        q.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+        q.set_defaults(func=_run_job_query, query=name)
+
+
+def _load_spec(path: str, sets: list[str], command: str):
+    from .spec import SpecError, load_sweep_spec
+
+    try:
+        return load_sweep_spec(path, sets)
+    except SpecError as e:
+        print(f"stetune {command}: error: {e}", file=sys.stderr)
+        return None
+
+
+def _finish_sweep(spec, state: dict) -> int:
+    from .sweep.kinds import get_kind
+
+    print("\n" + get_kind(spec.kind).summary(spec, state))
+    _browse(spec)
+    failed = [f"{phase}: {t}" for phase, trials in state.get("failed", {}).items() for t in trials]
+    if failed:  # a failed trial is a hole in the results (diverged ones are results)
+        print(f"stetune: {len(failed)} trial(s) failed: {'; '.join(failed)}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _browse(spec) -> int:
+    from .naming import redact
+
+    uri = redact(spec.resolved_tracking_uri())  # stdout ends up in job logs: no password
+    ui = (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:")
+          else f"open {uri} in a browser")
+    print(f"\nbrowse it: {ui}   (experiment '{spec.resolved_experiment()}')")
+    return 0
+
+
+def _run_sweep(args) -> int:
+    spec = _load_spec(args.spec, args.sets, "sweep")
+    if spec is None:
+        return 2
+    from .sweep import run_sweep
+
+    from .checkpoint import UnsafeCheckpointError
+    from .sweep.session import SweepInterrupted
+
+    try:
+        state = run_sweep(spec, address=args.address, verbose=0 if args.quiet else 1)
+    except (FileExistsError, UnsafeCheckpointError) as e:
+        print(f"stetune sweep: error: {e}", file=sys.stderr)
+        return 2
+    except SweepInterrupted as e:
+        return _interrupted("sweep", spec, e)
+    return _finish_sweep(spec, state)
+
+
+def _interrupted(command: str, spec, e) -> int:
+    """One line on what stopped and how to go on; the shell's code for the signal (130, 143)."""
+    from .sweep.kinds import get_kind
+
+    how = (f"continue with `stetune resume {spec.name} --storage {spec.storage}`"
+           if get_kind(spec.kind).resumable else "run it again under another name")
+    print(f"stetune {command}: {e}; its MLflow runs are ended KILLED; {how}", file=sys.stderr)
+    return 128 + e.signum
+
+
+def _run_resume(args) -> int:
+    from pathlib import Path
+
+    from .spec import SpecError, spec_from_dict
+    from .sweep.kinds import get_kind
+
+    saved = Path(args.storage).expanduser().resolve() / args.name / "spec.json"
+    if not saved.exists():
+        print(f"stetune resume: error: no sweep named '{args.name}' in {saved.parent.parent}",
+              file=sys.stderr)
+        return 2
+    try:
+        spec = spec_from_dict(json.loads(saved.read_text()))
+    except SpecError as e:
+        print(f"stetune resume: error: {saved}: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, UnicodeDecodeError, OSError) as e:  # not JSON: damaged, or not ours
+        print(f"stetune resume: error: {saved} cannot be read as the sweep's saved spec "
+              f"({type(e).__name__}: {str(e)[:120]}); run the spec again under another name",
+              file=sys.stderr)
+        return 1
+    if not get_kind(spec.kind).resumable:  # short grids: rerunning them is the resume
+        print(f"stetune resume: error: {spec.kind} sweeps cannot be resumed; run the spec again "
+              f"under another name (or delete {Path(args.storage) / args.name})", file=sys.stderr)
+        return 2
+    from .sweep import run_sweep
+    from .sweep.session import SweepInterrupted, SweepStateError
+
+    try:
+        state = run_sweep(spec, address=args.address, resume=True, verbose=0 if args.quiet else 1)
+    except FileExistsError as e:  # SweepLocked: another driver runs it
+        print(f"stetune resume: error: {e}", file=sys.stderr)
+        return 2
+    except SweepStateError as e:
+        print(f"stetune resume: error: {e}", file=sys.stderr)
+        return 1
+    except SweepInterrupted as e:
+        return _interrupted("resume", spec, e)
+    return _finish_sweep(spec, state)
+
+
+def _run_submit(args) -> int:
+    spec = _load_spec(args.spec, args.sets, "submit")
+    if spec is None:
+        return 2
+    from .sweep.jobs import submit
+
+    try:
+        job_id = submit(spec, args.address)
+    except _job_client_errors() as e:
+        return _job_error("submit", e)
+    print(job_id)
+    print(f"follow it: stetune status {job_id} --address {args.address}; "
+          f"stetune logs {job_id} --address {args.address}", file=sys.stderr)
+    return 0
+
+
+def _run_job_query(args) -> int:
+    from .sweep.jobs import job_logs, job_status
+
+    try:
+        out = job_status(args.address, args.job) if args.query == "status" else job_logs(args.address, args.job)
+    except _job_client_errors() as e:
+        return _job_error(args.query, e)
+    print(out)
+    return 0
+
+
+def _job_client_errors() -> tuple[type[BaseException], ...]:
+    from .sweep.jobs import client_errors
+
+    return client_errors()
+
+
+def _job_error(command: str, e: BaseException) -> int:
+    from .sweep.jobs import is_auth_error
+
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # Ray appends a long how-to
+    hint = " (set RAY_AUTH_TOKEN to the cluster's token)" if is_auth_error(e) else ""
+    print(f"stetune {command}: error: {first}{hint}", file=sys.stderr)
+    return 1
+
+
+def _add_schema(sub) -> None:
+    p = sub.add_parser(
+        "schema", help="print the JSON Schema of sweep specs (for editors)",
+        description="Print a JSON Schema (draft 2020-12) of sweep spec files, every kind, made from "
+                    "the same field rules the loader checks. Point an editor at it to validate and "
+                    "complete sweeps/*.yaml (README: Sweeps).")
+    p.add_argument("--out", help="write it to this file instead of standard output")
+    p.set_defaults(func=_run_schema)
+
+
+def _run_schema(args) -> int:
+    import stetune.sweep.kinds  # noqa: F401  (every registered kind is in the schema)
+    from .spec import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -39,6 +39,11 @@ def _add_sweep(sub) -> None:
     r.add_argument("--storage", default="runs", help="the sweep's storage directory")
     r.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     r.add_argument("--quiet", action="store_true", help="no Ray progress table")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a field of the saved spec (needs --allow-spec-change)")
+    r.add_argument("--allow-spec-change", action="store_true",
+                   help="continue even though the spec differs from the one the sweep started "
+                        "with (the changed fields are recorded on the parent run)")
     r.set_defaults(func=_run_resume)
 
     j = sub.add_parser("submit", help="submit a sweep to a Ray cluster through the Jobs API",
@@ -122,7 +127,7 @@ def _interrupted(command: str, spec, e) -> int:
 def _run_resume(args) -> int:
     from pathlib import Path
 
-    from .spec import SpecError, spec_from_dict
+    from .spec import SpecError, apply_overrides, spec_from_dict
     from .sweep.kinds import get_kind
 
     saved = Path(args.storage).expanduser().resolve() / args.name / "spec.json"
@@ -131,7 +136,7 @@ def _run_resume(args) -> int:
               file=sys.stderr)
         return 2
     try:
-        spec = spec_from_dict(json.loads(saved.read_text()))
+        spec = spec_from_dict(apply_overrides(json.loads(saved.read_text()), args.sets))
     except SpecError as e:
         print(f"stetune resume: error: {saved}: {e}", file=sys.stderr)
         return 2
@@ -146,10 +151,12 @@ def _run_resume(args) -> int:
         return 2
     from .sweep import run_sweep
     from .sweep.session import SweepInterrupted, SweepStateError
+    from .tracking import SpecChanged
 
     try:
-        state = run_sweep(spec, address=args.address, resume=True, verbose=0 if args.quiet else 1)
-    except FileExistsError as e:  # SweepLocked: another driver runs it
+        state = run_sweep(spec, address=args.address, resume=True, verbose=0 if args.quiet else 1,
+                          allow_spec_change=args.allow_spec_change)
+    except (FileExistsError, SpecChanged) as e:  # another driver runs it; another spec
         print(f"stetune resume: error: {e}", file=sys.stderr)
         return 2
     except SweepStateError as e:

@@ -16,7 +16,6 @@ import platform
 import socket
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from .naming import (MASK, TRIAL_STATUSES, WEIGHTS_ARTIFACT, flatten, is_secret_
                      quote, redact)
 from .version import code_version
 
-__all__ = ["SweepTracker", "download_weights", "log_sweep_artifacts"]
+__all__ = ["SweepTracker", "SpecChanged", "download_weights", "log_sweep_artifacts"]
 
 _SWEEP_STATUSES = ("FINISHED", "FAILED", "KILLED")
 _VERSIONED_PACKAGES = ("torch", "ray", "mlflow", "optuna")
@@ -129,6 +128,10 @@ def _provenance_tags() -> dict[str, str]:
     return {k: v for k, v in tags.items() if v is not None}
 
 
+class SpecChanged(ValueError):
+    """A resume with a spec other than the one the sweep started with."""
+
+
 @dataclass
 class _Trial:
     run_id: str
@@ -191,13 +194,17 @@ class SweepTracker:
             order_by=["attributes.start_time DESC"])
         return runs[0] if runs else None
 
-    def start_sweep(self, spec: dict, resume: bool = False) -> str:
+    def start_sweep(self, spec: dict, resume: bool = False, allow_changes: bool = False) -> str:
+        """Open (or, resuming, reopen) the parent run. A resume whose spec differs from the one
+        the sweep started with is refused (SpecChanged) unless allow_changes: then the changed
+        fields are tagged on the run and the new spec is kept beside the first one."""
         existing = self._find_parent()
         if existing is not None and not resume:
             raise ValueError(f"a sweep named {self.sweep_name!r} already exists in experiment "
                              f"{self.experiment!r}; use resume or another name")
         tags = {**_provenance_tags(), "stetune.sweep": self.sweep_name, "stetune.kind": "sweep"}
         params = _str_items(spec, MAX_PARAM_VAL_LENGTH)
+        spec_file = "spec.yaml"
         if existing is None:
             run = self.client.create_run(self.experiment_id, run_name=self.sweep_name,
                                          tags={"stetune.sweep": self.sweep_name,
@@ -205,18 +212,25 @@ class SweepTracker:
             run_id = run.info.run_id
         else:
             run_id = existing.info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-            tags["stetune.resumes"] = int(existing.data.tags.get("stetune.resumes", 0)) + 1
             old = existing.data.params
             changed = sorted(k for k in params if k in old and old[k] != params[k])
-            if changed:  # MLflow params are immutable: keep the originals, say so
-                warnings.warn(f"sweep {self.sweep_name!r} resumed with a changed spec; params "
-                              f"{changed} keep their first values (see spec.yaml history)")
+            resumes = int(existing.data.tags.get("stetune.resumes", 0)) + 1
+            if changed and not allow_changes:
+                raise SpecChanged(
+                    f"sweep {self.sweep_name!r} started with another spec: "
+                    + ", ".join(f"{k}: {old[k]} -> {params[k]}" for k in changed[:8])
+                    + (f" (+{len(changed) - 8} more)" if len(changed) > 8 else "")
+                    + "; resume with the spec it started with, or pass --allow-spec-change")
+            self.client.update_run(run_id, status="RUNNING")
+            tags["stetune.resumes"] = resumes
+            if changed:  # MLflow params are immutable: they keep the first values
+                tags[f"stetune.spec_changed.{resumes}"] = ", ".join(changed)
+                spec_file = f"spec.resume{resumes}.yaml"
             params = {k: v for k, v in params.items() if k not in old}
         self._parent_run_id = run_id
         self._log_batch(run_id, params=params, tags=_str_items(tags, MAX_TAG_VAL_LENGTH))
         # Same redaction as the params: the artifact must not leak what the params hide.
-        self.client.log_text(run_id, yaml.safe_dump(redact(spec), sort_keys=False), "spec.yaml")
+        self.client.log_text(run_id, yaml.safe_dump(redact(spec), sort_keys=False), spec_file)
         return run_id
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:

@@ -49,3 +49,43 @@ def test_every_trial_failing_is_a_failed_command_naming_them(tmp_path):
     assert parents[0].info.status == "FINISHED"  # the sweep did its budget; its trials failed
     assert sorted((c.info.status, c.data.tags["stetune.status"]) for c in children) == \
         [("FAILED", "failed")] * 2
+
+
+def test_resume_refuses_a_changed_spec_and_unrestorable_tune_state(tmp_path):
+    spec = small_spec(tmp_path, "trunc", ["cells.ste=[relu]", "cells.bits=[2]", "search={}",
+                                          "budget.trials_per_cell=1", "replicates.seeds=[]"])
+    rc, out, err = _run("sweep", str(write_spec(spec, tmp_path / "s.yaml")), "--quiet")
+    assert rc == 0, err[-3000:]
+    client, _, before = sweep_runs(spec)
+
+    # a changed spec: refused, listing the change, MLflow untouched ...
+    rc, out, err = _run("resume", "trunc", "--storage", str(tmp_path), "--set", "train.epochs=1")
+    assert rc == 2 and err.strip().splitlines()[-1] == (
+        "stetune resume: error: sweep 'trunc' started with another spec: train.epochs: 2 -> 1; "
+        "resume with the spec it started with, or pass --allow-spec-change"), err[-2000:]
+    _, parents, _ = sweep_runs(spec)
+    assert parents[0].info.status == "FINISHED" and "stetune.resumes" not in parents[0].data.tags
+    # ... unless asked for, and then recorded on the parent run beside the first spec
+    rc, out, err = _run("resume", "trunc", "--storage", str(tmp_path), "--set", "train.epochs=1",
+                        "--allow-spec-change", "--quiet")
+    assert rc == 0, err[-3000:]
+    _, parents, _ = sweep_runs(spec)
+    tags, run_id = parents[0].data.tags, parents[0].info.run_id
+    assert tags["stetune.spec_changed.1"] == "train.epochs" and tags["stetune.resumes"] == "1"
+    assert parents[0].data.params["train.epochs"] == "2"  # params keep the first values
+    assert {"spec.yaml", "spec.resume1.yaml"} <= {a.path for a in client.list_artifacts(run_id)}
+    # as if the driver had died mid-search with its Tune state damaged
+    state_file = spec.sweep_dir() / "sweep.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({k: v for k, v in state.items() if k not in ("search", "summary")}))
+    for f in (spec.sweep_dir() / "search").glob("*.pkl"):
+        f.write_bytes(f.read_bytes()[:10])
+    rc, out, err = _run("resume", "trunc", "--storage", str(tmp_path), "--set", "train.epochs=1",
+                        "--allow-spec-change", "--quiet")
+    assert rc == 1, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"stetune resume: error: {spec.sweep_dir() / 'search'}: Tune's "
+                           "experiment state") and "delete" in last and "Traceback" not in err
+    _, parents, after = sweep_runs(spec)
+    assert {c.info.run_id for c in after} == {c.info.run_id for c in before}  # nothing deleted
+    assert "RUNNING" not in {r.info.status for r in [*parents, *after]}

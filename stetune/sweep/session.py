@@ -97,7 +97,7 @@ class _Signals:
 
 @contextmanager
 def sweep_session(spec, kind: SweepKind, *, address: str | None, resume: bool,
-                  verbose: int) -> Iterator[Session]:
+                  verbose: int, allow_spec_change: bool = False) -> Iterator[Session]:
     """Yield the sweep's Session (state: sweep.json; empty for a new sweep) with its parent MLflow
     run open, its tracker registered for the callbacks and Ray initialised. On exit the state is
     saved and logged to the parent run, which ends FINISHED; KILLED with its open trial runs if
@@ -112,22 +112,23 @@ def sweep_session(spec, kind: SweepKind, *, address: str | None, resume: bool,
             how = (f"use `stetune resume {spec.name}` or another name" if kind.resumable
                    else "use another name (or delete it)")
             raise FileExistsError(f"sweep '{spec.name}' already exists in {root}; {how}")
-        with _run(spec, kind, root, path, address, resume, verbose) as session:
+        with _run(spec, kind, root, path, address, resume, verbose,
+                  allow_spec_change) as session:
             yield session
     finally:
         lock.release()
 
 
 @contextmanager
-def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int):
-    state = json.loads(path.read_text()) if path.exists() else {}
+def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int,
+         allow_spec_change: bool):
+    state = _read_state(path) if path.exists() else {}
+    uri, experiment = spec.resolved_tracking_uri(), spec.resolved_experiment()
+    tracker = SweepTracker(uri, experiment, spec.name, phases=kind.phases)
+    tracker.start_sweep(spec.to_dict(), resume=resume, allow_changes=allow_spec_change)
     state.pop("interrupted", None)  # a resume continues where that stopped
     (root / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
     save_state(spec, state)
-
-    uri, experiment = spec.resolved_tracking_uri(), spec.resolved_experiment()
-    tracker = SweepTracker(uri, experiment, spec.name, phases=kind.phases)
-    tracker.start_sweep(spec.to_dict(), resume=resume)
     register_tracker(tracker, uri, experiment, spec.name)
     signals = _Signals()
     session = Session(spec, kind, state, resume, verbose, tracker, signals)
@@ -154,6 +155,18 @@ def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int
     session.save()
     tracker.log_artifact(str(path))
     tracker.end_sweep("FINISHED")
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        state = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SweepStateError(f"{path} is not the sweep's state (JSON: {e}); restore it from the "
+                              f"parent MLflow run's sweep.json artifact, or rerun the sweep under "
+                              f"another name") from None
+    if not isinstance(state, dict):
+        raise SweepStateError(f"{path} must hold a JSON object, but holds {type(state).__name__}")
+    return state
 
 
 def _end(session: Session, status: str, trials: str) -> None:

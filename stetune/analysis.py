@@ -114,13 +114,32 @@ def _history(client: MlflowClient, run_id: str) -> list[dict]:
 
 
 def _check_sqlite(uri: str) -> None:
-    """A sqlite URI must name an existing file: MLflow would create an empty store there."""
-    if uri.startswith("sqlite:"):
-        from sqlalchemy.engine import make_url
+    """A sqlite URI must name an existing, complete MLflow store: MLflow would create (or
+    migrate, i.e. write) anything else, and analysis never writes. Checked read-only."""
+    if not uri.startswith("sqlite:"):
+        return
+    import sqlite3
 
-        db = make_url(uri).database
-        if db and db != ":memory:" and not Path(db).expanduser().is_file():
-            raise AnalysisError(f"no MLflow store at {redact(uri)} (the file does not exist)")
+    from sqlalchemy.engine import make_url
+
+    db = make_url(uri).database
+    if not db or db == ":memory:":
+        return
+    path = Path(db).expanduser()
+    if not path.is_file():
+        raise AnalysisError(f"no MLflow store at {redact(uri)} (the file does not exist)")
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise AnalysisError(f"{path} is not an MLflow store (sqlite: {e})") from None
+    if not {"alembic_version", "experiments", "runs"} <= tables:
+        raise AnalysisError(f"{path} is not a complete MLflow store (no MLflow tables"
+                            f"{'' if tables else ': the file is empty'}); analysis reads only, so "
+                            f"it does not create one")
 
 
 def load_sweep(name: str, tracking_uri: str, experiment: str | None = None) -> SweepData:

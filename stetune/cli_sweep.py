@@ -102,13 +102,17 @@ def _run_sweep(args) -> int:
     from .sweep import run_sweep
 
     from .checkpoint import UnsafeCheckpointError
-    from .sweep.session import SweepInterrupted
+    from .sweep.session import SweepInterrupted, SweepStateError
+    from .store import TrackingUnreachable
 
     try:
         state = run_sweep(spec, address=args.address, verbose=0 if args.quiet else 1)
     except (FileExistsError, UnsafeCheckpointError) as e:
         print(f"stetune sweep: error: {e}", file=sys.stderr)
         return 2
+    except (TrackingUnreachable, SweepStateError) as e:
+        print(f"stetune sweep: error: {e}", file=sys.stderr)
+        return 1
     except SweepInterrupted as e:
         return _interrupted("sweep", spec, e)
     return _finish_sweep(spec, state)
@@ -151,6 +155,7 @@ def _run_resume(args) -> int:
         return 2
     from .sweep import run_sweep
     from .sweep.session import SweepInterrupted, SweepStateError
+    from .store import TrackingUnreachable
     from .tracking import SpecChanged
 
     try:
@@ -159,7 +164,7 @@ def _run_resume(args) -> int:
     except (FileExistsError, SpecChanged) as e:  # another driver runs it; another spec
         print(f"stetune resume: error: {e}", file=sys.stderr)
         return 2
-    except SweepStateError as e:
+    except (SweepStateError, TrackingUnreachable) as e:
         print(f"stetune resume: error: {e}", file=sys.stderr)
         return 1
     except SweepInterrupted as e:

@@ -155,6 +155,12 @@ def test_unknown_and_empty_sweeps_are_clear_errors(swept, tmp_path, capsys):
     with pytest.raises(AnalysisError, match="no MLflow store at"):
         load_sweep("x", f"sqlite:///{missing}")
     assert not missing.exists()  # analysis never creates a store
+    for content, why in ((b"", "the file is empty"), (b"garbage" * 200, "not an MLflow store")):
+        bad = tmp_path / "bad.db"
+        bad.write_bytes(content)
+        with pytest.raises(AnalysisError, match=why):
+            load_sweep("x", f"sqlite:///{bad}")
+        assert bad.read_bytes() == content  # never migrated (written)
     assert main(["export", "missing", "--storage", str(tmp_path), "--format", "csv", "--out", "-"]) == 2
     assert "no sweep named 'missing'" in capsys.readouterr().err
 

@@ -89,3 +89,19 @@ def test_resume_refuses_a_changed_spec_and_unrestorable_tune_state(tmp_path):
     _, parents, after = sweep_runs(spec)
     assert {c.info.run_id for c in after} == {c.info.run_id for c in before}  # nothing deleted
     assert "RUNNING" not in {r.info.status for r in [*parents, *after]}
+
+
+def test_a_down_mlflow_server_fails_fast_and_leaves_nothing(tmp_path):
+    import time
+
+    from conftest import free_port
+
+    spec = small_spec(tmp_path, "down", tracking_uri=f"http://u:s3cret@127.0.0.1:{free_port()}")
+    path = write_spec(spec, tmp_path / "s.yaml")
+    t0 = time.monotonic()
+    rc, out, err = _run("sweep", str(path), "--quiet", timeout=120)
+    assert rc == 1 and time.monotonic() - t0 < 60, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stetune sweep: error: the MLflow server "
+                                                   "http://u:***@127.0.0.1:"), err
+    assert "s3cret" not in out + err and not spec.sweep_dir().exists()  # nothing to block a rerun

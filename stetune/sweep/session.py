@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import ray
 
+from ..store import check_server
 from ..tracking import SweepTracker
 from .callbacks import register_tracker
 from .kinds.base import SweepKind
@@ -104,6 +105,7 @@ def sweep_session(spec, kind: SweepKind, *, address: str | None, resume: bool,
     the driver was interrupted (SweepInterrupted), FAILED with them if the body raised."""
     root = spec.sweep_dir()
     path = state_path(spec)
+    check_server(spec.resolved_tracking_uri())  # a down server: fail now, make nothing
     root.mkdir(parents=True, exist_ok=True)
     lock = DriverLock(root, spec.name)
     lock.acquire()  # before anything is read or written: one driver per sweep

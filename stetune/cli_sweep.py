@@ -99,22 +99,28 @@ def _run_sweep(args) -> int:
     spec = _load_spec(args.spec, args.sets, "sweep")
     if spec is None:
         return 2
-    from .sweep import run_sweep
+    return _drive("sweep", spec, address=args.address, verbose=0 if args.quiet else 1)
 
+
+def _drive(command: str, spec, **kw) -> int:
+    """Run (or resume) the sweep; every way it can end is one line and an exit code: 0 done,
+    1 a runtime fault, 2 bad input or a conflict, 3 failed trials, 130/143 interrupted."""
     from .checkpoint import UnsafeCheckpointError
-    from .sweep.session import SweepInterrupted, SweepStateError
     from .store import TrackingUnreachable
+    from .sweep import run_sweep
+    from .sweep.session import SweepInterrupted, SweepStateError
+    from .tracking import SpecChanged
 
     try:
-        state = run_sweep(spec, address=args.address, verbose=0 if args.quiet else 1)
-    except (FileExistsError, UnsafeCheckpointError) as e:
-        print(f"stetune sweep: error: {e}", file=sys.stderr)
+        state = run_sweep(spec, **kw)
+    except (FileExistsError, UnsafeCheckpointError, SpecChanged) as e:  # incl. SweepLocked
+        print(f"stetune {command}: error: {e}", file=sys.stderr)
         return 2
     except (TrackingUnreachable, SweepStateError) as e:
-        print(f"stetune sweep: error: {e}", file=sys.stderr)
+        print(f"stetune {command}: error: {e}", file=sys.stderr)
         return 1
     except SweepInterrupted as e:
-        return _interrupted("sweep", spec, e)
+        return _interrupted(command, spec, e)
     return _finish_sweep(spec, state)
 
 
@@ -153,23 +159,8 @@ def _run_resume(args) -> int:
         print(f"stetune resume: error: {spec.kind} sweeps cannot be resumed; run the spec again "
               f"under another name (or delete {Path(args.storage) / args.name})", file=sys.stderr)
         return 2
-    from .sweep import run_sweep
-    from .sweep.session import SweepInterrupted, SweepStateError
-    from .store import TrackingUnreachable
-    from .tracking import SpecChanged
-
-    try:
-        state = run_sweep(spec, address=args.address, resume=True, verbose=0 if args.quiet else 1,
-                          allow_spec_change=args.allow_spec_change)
-    except (FileExistsError, SpecChanged) as e:  # another driver runs it; another spec
-        print(f"stetune resume: error: {e}", file=sys.stderr)
-        return 2
-    except (SweepStateError, TrackingUnreachable) as e:
-        print(f"stetune resume: error: {e}", file=sys.stderr)
-        return 1
-    except SweepInterrupted as e:
-        return _interrupted("resume", spec, e)
-    return _finish_sweep(spec, state)
+    return _drive("resume", spec, address=args.address, resume=True,
+                  verbose=0 if args.quiet else 1, allow_spec_change=args.allow_spec_change)
 
 
 def _run_submit(args) -> int:

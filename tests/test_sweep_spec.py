@@ -433,3 +433,45 @@ def test_suggest_with_tpe_study():
         study.tell(trial, p["lr"])
     step = {"batch_size": {"dist": "int", "low": 32, "high": 128, "step": 32}}
     assert suggest(optuna.create_study().ask(), step)["batch_size"] in (32, 64, 96, 128)
+
+
+# -- input limits: nothing a spec file holds can exhaust memory or time ---------------------------
+def test_yaml_alias_bombs_oversized_and_binary_files_are_refused(tmp_path):
+    import time
+
+    base = (ROOT / "sweeps" / "quickstart.yaml").read_text()
+    bomb = tmp_path / "bomb.yaml"
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    bomb.write_text(base + "\n".join(levels).replace("a0:", "train:\n  extra:\n    a0:", 1)
+                    .replace("\na", "\n    a") + "\n")
+    t0 = time.monotonic()
+    with pytest.raises(SpecError, match=r"expands to \d+ values .* more than a sweep spec may hold"):
+        load_sweep_spec(bomb)
+    assert time.monotonic() - t0 < 5
+    big = tmp_path / "big.yaml"
+    big.write_text(base + "# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(SpecError, match="must be at most 1048576 bytes"):
+        load_sweep_spec(big)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\x80\x81\xfe\xff" * 100)
+    with pytest.raises(SpecError, match="must be UTF-8 text"):
+        load_sweep_spec(binary)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text(base + "extra_deep: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(SpecError):
+        load_sweep_spec(deep)
+
+
+def test_validation_is_linear_in_a_long_choice_list():
+    import time
+
+    d = copy.deepcopy(BASE)
+    values = [i * 1e-6 for i in range(50_000)]
+    d["search"]["weight_decay"] = {"dist": "choice", "values": values}
+    t0 = time.monotonic()
+    assert len(SweepSpec.from_dict(d).search["weight_decay"].values) == 50_000
+    d["search"]["weight_decay"]["values"] = values + [0.0]
+    with pytest.raises(SpecError, match=r"no duplicates, but got search.weight_decay.values\[50000\]=0.0"):
+        SweepSpec.from_dict(d)
+    assert time.monotonic() - t0 < 10  # a quadratic check took minutes

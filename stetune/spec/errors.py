@@ -55,12 +55,21 @@ def check_keys(d: dict, allowed: Iterable[str], path: str) -> None:
 
 
 def unique(items: list, path: str) -> None:
-    seen: list = []
+    """No item twice (== equality, so 1 and 1.0 are the same); linear for hashable items."""
+    hashed: set = set()
+    other: list = []
     for i, item in enumerate(items):
-        if item in seen:
+        try:
+            dup = item in hashed
+            hashed.add(item)
+        except TypeError:  # an unhashable item (a list): compared one by one
+            dup = item in other
+            other.append(item)
+        if dup:
+            listed = repr(items)
+            listed = listed if len(listed) <= 200 else listed[:200] + "...]"
             raise SpecError(f"{path} must have no duplicates, but got {path}[{i}]={item!r} "
-                            f"again (in {path}={items!r})")
-        seen.append(item)
+                            f"again (in {path}={listed})")
 
 
 def reroute(err: SpecError, paths: dict[str, str]) -> SpecError:

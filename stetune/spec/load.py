@@ -20,6 +20,8 @@ from .theory import TheorySweepSpec
 __all__ = ["load_sweep_spec", "apply_overrides", "spec_from_dict", "spec_class",
            "register_spec_kind", "SPEC_KINDS"]
 
+MAX_SPEC_BYTES = 1 << 20     # a spec is a few KB: a bigger file is a mistake or an attack
+MAX_SPEC_VALUES = 100_000    # values after expanding YAML aliases: stops "billion laughs" specs
 SPEC_KINDS: dict[str, type] = {}  # kind -> spec class: what `kind:` in a spec file selects
 
 
@@ -71,9 +73,10 @@ def apply_overrides(d: dict, sets: Iterable[str]) -> dict:
         if not sep or not key:
             raise SpecError(f"--set must be key=value (e.g. epochs=2), but got --set {item!r}")
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise SpecError(f"--set {key}: the value must be YAML, but got {raw!r} ({e})") from None
+            value = _parse_yaml(raw)  # the same limits as a spec file (aliases, nesting)
+        except (yaml.YAMLError, SpecError) as e:
+            raise SpecError(f"--set {key}: the value must be YAML, but got {raw[:200]!r} "
+                            f"({e})") from None
         parts = key.split(".")
         if parts[0] not in top:
             if len(parts) == 1 and parts[0] in bare:
@@ -99,23 +102,66 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last silently)."""
 
     def construct_mapping(self, node, deep=False):
-        keys = [self.construct_object(k, deep=True) for k, _ in node.value]
-        for k in keys:
-            if keys.count(k) > 1:
-                raise SpecError(f"key {k!r} is given twice in one mapping "
-                                f"(line {node.start_mark.line + 1})")
+        seen = set()
+        for k, _ in node.value:
+            key = self.construct_object(k, deep=True)
+            try:
+                if key in seen:
+                    raise SpecError(f"key {key!r} is given twice in one mapping "
+                                    f"(line {node.start_mark.line + 1})")
+                seen.add(key)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                pass
         return super().construct_mapping(node, deep)
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Values in the document once YAML aliases are expanded (what a consumer walking it, or
+    writing it as JSON, would meet); memoised, so a billion-laughs document costs little here."""
+    if id(node) not in memo:
+        if isinstance(node, yaml.MappingNode):
+            kids = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            kids = node.value
+        else:
+            kids = []
+        memo[id(node)] = 1 + sum(_expanded_size(k, memo) for k in kids)
+    return memo[id(node)]
+
+
+def _parse_yaml(text: str):
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_SPEC_VALUES:
+            raise SpecError(f"it expands to {size} values (YAML aliases included), more than "
+                            f"a sweep spec may hold ({MAX_SPEC_VALUES})")
+        return loader.construct_document(node)
+    except RecursionError:  # PyYAML and the size count recurse per level of nesting
+        raise SpecError("it nests too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def load_sweep_spec(path: str | Path, sets: Iterable[str] = ()) -> Placement:
     """Read a sweep YAML, apply `--set` overrides, validate. Every problem is a SpecError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"sweep spec {str(path)!r} must be at most {MAX_SPEC_BYTES} bytes "
+                            f"(a spec is a few KB), but it has {size}")
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         raise SpecError(f"sweep spec {str(path)!r} cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"sweep spec {str(path)!r} must be UTF-8 text (YAML), but it is "
+                        f"not text") from None
     try:
-        d = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        d = _parse_yaml(text)
     except (yaml.YAMLError, SpecError) as e:
         raise SpecError(f"{path}: not a valid sweep YAML file: {e}") from None
     if not isinstance(d, dict):

@@ -10,7 +10,7 @@ import posixpath
 import re
 from pathlib import Path
 
-__all__ = ["default_tracking_uri", "redact", "flatten", "quote", "metric_key", "TRIAL_STATUSES",
+__all__ = ["default_tracking_uri", "split_credentials", "redact", "flatten", "quote", "metric_key", "TRIAL_STATUSES",
            "WEIGHTS_ARTIFACT", "MASK", "is_secret_key"]
 
 # Trial status -> MLflow run status. Diverged and pruned trials ran to a decision, so they are
@@ -22,14 +22,29 @@ WEIGHTS_ARTIFACT = "weights/model.pt"  # a trial's final weights (replicate, pre
 MASK = "***"
 MAX_KEY_LENGTH = 250  # MLflow's MAX_ENTITY_KEY_LENGTH
 _SECRET = re.compile(r"password|passwd|token|secret|key|credential", re.IGNORECASE)
-# scheme://user:PASSWORD@host: the password runs to the last '@' before the host (it may hold '@')
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/@:\s]*:)[^/\s]+(?=@[^@/\s]*(?:[/?#\s]|$))")
+# scheme://user:PASSWORD@host: the password runs to the last '@' before the host (it may hold
+# '@', ':' and '/'); on doubt (an '@' in a path) more is masked, never less
+# http(s)://USERINFO@host[/path]: USERINFO runs to the last '@' before the host (a password may
+# hold '@', ':' and '/')
+_HTTP_USERINFO = re.compile(r"(?P<scheme>https?)://(?P<userinfo>.*)@(?P<host>[^@/?#\s]+)"
+                            r"(?P<tail>[/?#][^@]*)?")
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/@:\s]*:)\S+(?=@[^@/\s]*(?:[/?#\s]|$))")
 
 
 def default_tracking_uri(sweep_dir: str | Path) -> str:
     """sqlite:///<abs sweep_dir>/mlflow.db: a sweep's own store beside its spec.json (MLflow's
     file store raises since 3.13)."""
     return f"sqlite:///{Path(sweep_dir).expanduser().resolve() / 'mlflow.db'}"
+
+
+def split_credentials(uri: str | None) -> tuple[str | None, str | None, str | None]:
+    """(the URI without `user:password@`, user, password) for an http(s) tracking URI; any other
+    URI comes back as it is, with None, None. The password may hold '@' and ':'."""
+    m = _HTTP_USERINFO.fullmatch(uri or "")
+    if m is None:
+        return uri, None, None
+    user, _, password = m["userinfo"].partition(":")
+    return f"{m['scheme']}://{m['host']}{m['tail'] or ''}", user, password
 
 
 def is_secret_key(key: str) -> bool:

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from stetune.sweep import run_sweep
+from stetune.sweep.runner import without_credentials
 from sweep_helpers import check_one_run_per_trial, small_spec, sweep_runs, write_spec
 
 pytestmark = pytest.mark.slow
@@ -33,12 +34,27 @@ def test_local_sweep_one_parent_one_child_per_trial(tmp_path, local_ray):
     assert {"spec.yaml", "sweep.json"} <= names
 
 
-def test_sweep_logs_to_a_real_mlflow_server(tmp_path, local_ray, mlflow_server):
+def test_sweep_logs_to_a_real_mlflow_server(tmp_path, local_ray, mlflow_server, monkeypatch):
     url, _ = mlflow_server
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)  # restored after: run_sweep sets them
+    # a password in the URI (with '@', ':' and '/' in it) is written nowhere
+    secret = "s3:cr@t/x"
+    with_password = url.replace("http://", f"http://alice:{secret}@")
     spec = small_spec(tmp_path, "served", ["budget.trials_per_cell=1", "replicates.seeds=[]",
-                                           "cells.bits=[2]"], tracking_uri=url)
+                                           "cells.bits=[2]"], tracking_uri=with_password)
     run_sweep(spec, verbose=0)
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == secret  # where MLflow's client reads it
+    spec = without_credentials(spec)  # such a URI is no URL for requests either
+    assert spec.mlflow.tracking_uri == url
     check_one_run_per_trial(spec, n_search=3, n_replicate=0)
+    leaks = [str(f) for f in spec.sweep_dir().rglob("*") if f.is_file()
+             and "s3:cr" in f.read_bytes().decode("latin1")]
+    assert not leaks, leaks  # spec.json, sweep.json, Tune's experiment and trial state
+    client, parents, children = sweep_runs(spec)
+    for run in (*parents, *children):
+        assert not any("s3:cr" in str(v) for v in (*run.data.params.values(),
+                                                     *run.data.tags.values()))
 
 
 def test_existing_sweep_name_is_refused(tmp_path, local_ray):

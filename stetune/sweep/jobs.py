@@ -33,7 +33,13 @@ def submit(spec: SweepSpec, address: str, *, wait: bool = False) -> str:
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     import yaml
 
-    (staging / "sweep.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    from ..naming import split_credentials
+
+    d = spec.to_dict()
+    # never ship a password: the cluster's driver logs to MLflow with the credentials in its own
+    # environment (MLFLOW_TRACKING_USERNAME / _PASSWORD), as docker/compose.yaml sets them
+    d["mlflow"]["tracking_uri"] = split_credentials(spec.mlflow.tracking_uri)[0]
+    (staging / "sweep.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
     entry = "python -m stetune.cli sweep sweep.yaml --address auto"
     try:
         client = _client(address)

@@ -29,6 +29,8 @@ class _PickledState:
             pickle.dump(self.__dict__, f)
 
     def restore(self, checkpoint_path: str) -> None:
+        # trust boundary: the sweep's own storage directory, whose Tune experiment state is
+        # pickled by Ray itself (README, "Interruptions, failures, a second driver")
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
 

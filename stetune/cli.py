@@ -74,12 +74,13 @@ def _add_train(sub) -> None:
 
 def _run_train(args) -> int:
     from .spec import RunSpec, SpecError
-    from .train import train
+    from .train import DeviceError, resolve_device, train
 
     fields = [f.name for f in dataclasses.fields(RunSpec) if hasattr(args, f.name)]
     try:
         spec = RunSpec(**{f: getattr(args, f) for f in fields}).resolved()
-    except SpecError as e:
+        resolve_device(spec.device)  # here too, so that bad input is the only line printed
+    except (SpecError, DeviceError) as e:
         print(f"stetune train: error: {e}", file=sys.stderr)
         return 2
     print(f"training {spec.model} on {spec.dataset}: bits={spec.bits} ste={spec.ste} "
@@ -93,7 +94,7 @@ def _run_train(args) -> int:
               file=sys.stderr, flush=True)
 
     from .checkpoint import UnsafeCheckpointError
-    from .data import DatasetNotFoundError
+    from .data import DatasetError
 
     try:
         result = train(spec, report, checkpoint_dir=args.checkpoint_dir,
@@ -101,7 +102,9 @@ def _run_train(args) -> int:
     except UnsafeCheckpointError as e:  # a crafted or broken file: bad input, refused unread
         print(f"stetune train: error: {e}", file=sys.stderr)
         return 2
-    except (DatasetNotFoundError, FileNotFoundError) as e:
+    # the environment: data missing (DatasetNotFoundError is an OSError) or corrupt on disk, a
+    # missing --init-from, a --checkpoint-dir that cannot be written
+    except (DatasetError, OSError) as e:
         print(f"stetune train: error: {e}", file=sys.stderr)
         return 1
     summary = {"status": result.status, "epochs_run": result.epochs_run,
@@ -111,8 +114,13 @@ def _run_train(args) -> int:
     text = json.dumps(summary, indent=2)
     print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+        try:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+        except OSError as e:  # the summary is on stdout already; say why the file is not
+            print(f"stetune train: error: out must be a writable file, but got out={args.out!r} "
+                  f"({e.strerror or e})", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -136,10 +144,16 @@ def _add_bench(sub) -> None:
 def _run_bench(args) -> int:
     from .bench import format_rows, run_bench
     from .models import list_models
+    from .train import DeviceError, resolve_device
 
     bad = [m for m in args.models if m not in list_models()]
     if bad:
         print(f"stetune bench: error: models must be among {list_models()}, but got {bad}", file=sys.stderr)
+        return 2
+    try:
+        resolve_device(args.device)
+    except DeviceError as e:
+        print(f"stetune bench: error: {e}", file=sys.stderr)
         return 2
     rows = run_bench(args.models, bits=args.bits, batch_size=args.batch_size, steps=args.steps,
                      rounds=args.rounds, device=args.device)

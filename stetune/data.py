@@ -7,8 +7,10 @@ normalised, moved to the device, and training indexes into it with shuffled inde
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 
 from .registry import Registry
 
-__all__ = ["Dataset", "DatasetInfo", "DatasetNotFoundError", "register_dataset", "list_datasets",
+__all__ = ["Dataset", "DatasetInfo", "DatasetNotFoundError", "DatasetError", "register_dataset", "list_datasets",
            "dataset_info", "load_dataset", "augment_batch", "batch_indices"]
 
 DEFAULT_DATA_DIR = "~/.cache/stetune/data"
@@ -45,6 +47,15 @@ class Dataset:
 
 class DatasetNotFoundError(FileNotFoundError):
     """The data is not on disk and could not be downloaded; the message says where we looked and how to get it."""
+
+
+class DatasetError(ValueError):
+    """The data is on disk but unusable (truncated, not the format, wrong shapes or labels); the
+    one-line message names the file (or dataset), what is wrong, and what to do."""
+
+
+# a partial download or a stray file is the usual cause, and a fresh copy the cure
+_FIX = "a corrupt or partial file: delete it, then download it again or copy in a good one"
 
 
 # -----------------------------------------------------------------------------
@@ -91,16 +102,29 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 
 def _read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Parse an IDX file (the MNIST format), gzipped or not: magic 0 0 <dtype> <ndim>, big-endian u32 dims, data."""
-    with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"IDX magic must be 00 00 <dtype> <ndim>, but got {raw[:4]!r} in {path}")
+    """Parse an IDX file (the MNIST format), gzipped or not: magic 0 0 <dtype> <ndim>, big-endian u32 dims, data.
+    Anything that is not exactly that is a DatasetError naming the file."""
+    path = Path(path)
+
+    def bad(what: str) -> DatasetError:
+        return DatasetError(f"IDX file {str(path)!r} must {what} ({_FIX})")
+
+    gz = path.name.endswith(".gz")
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut-off .gz is an EOFError
+        raise bad(f"be a readable {'gzip' if gz else 'IDX'} file, but reading it failed: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or not 1 <= raw[3] <= 3:
+        raise bad(f"start with magic 00 00 <dtype> <ndim 1..3>, but got magic={raw[:4].hex(' ')!r}")
     dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise bad(f"hold {ndim} u32 dims after the magic, but got {len(raw)} bytes in all")
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    size = len(raw) - 4 - 4 * ndim
+    if size != math.prod(dims) * dtype.itemsize:  # Python ints: huge garbage dims cannot overflow
+        raise bad(f"hold exactly prod({dims=}) x {dtype.itemsize} data bytes, but got {size} bytes")
     data = np.frombuffer(raw, dtype, offset=4 + 4 * ndim)
-    if data.size != np.prod(dims):
-        raise ValueError(f"IDX data must hold prod({dims=}) values, but got {data.size=} in {path}")
     return data.reshape(dims).astype(dtype.newbyteorder("="))  # native byte order, and a writable copy
 
 
@@ -113,6 +137,27 @@ def _find_idx(folder: Path) -> list[Path] | None:
             return None
         found.append(path)
     return found
+
+
+def _idx_dataset(name: str, paths: list[Path]) -> tuple[torch.Tensor, ...]:
+    """The four IDX files of `name` as (x_train, y_train, x_val, y_val), each checked against its
+    role here, so that an error names the file (load_dataset's checks can name only the dataset)."""
+    info = dataset_info(name)
+    hw = info.input_size[1:]
+    arrays = [_read_idx(p) for p in paths]
+    for (x, x_path), (y, y_path) in [tuple(zip(arrays[i:i + 2], paths[i:i + 2])) for i in (0, 2)]:
+        if x.dtype != np.uint8 or x.shape[1:] != hw or len(x) == 0:
+            raise DatasetError(f"IDX images {str(x_path)!r} must be uint8 (N >= 1, {hw[0]}, {hw[1]}) for "
+                               f"{name!r}, but got shape={x.shape} dtype={x.dtype.name} ({_FIX})")
+        if y.dtype.kind not in "iu" or y.shape != (len(x),):
+            raise DatasetError(f"IDX labels {str(y_path)!r} must be integers of shape ({len(x)},), one per "
+                               f"image in {x_path.name}, but got shape={y.shape} dtype={y.dtype.name} ({_FIX})")
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= info.num_classes:
+            raise DatasetError(f"IDX labels {str(y_path)!r} must be in [0, {info.num_classes}) for "
+                               f"{name!r}, but got labels in [{lo}, {hi}] ({_FIX})")
+    x_tr, y_tr, x_va, y_va = (torch.from_numpy(a) for a in arrays)
+    return x_tr.unsqueeze(1), y_tr.long(), x_va.unsqueeze(1), y_va.long()
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -129,14 +174,28 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    def bad(what: str) -> DatasetError:
+        return DatasetError(f"CIFAR-10 batch {str(path)!r} must {what} ({_FIX})")
+
     with open(path, "rb") as f:
         try:  # the real files are python 2 pickles; latin1 as in torchvision
             entry = _ArrayUnpickler(f, encoding="latin1").load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-            raise ValueError(f"CIFAR-10 batch {str(path)!r} must be a pickled dict of numpy arrays, "
-                             f"but reading it failed: {e}") from None
-    entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}  # b"data" or "data"
-    return np.asarray(entry["data"], np.uint8).reshape(-1, 3, 32, 32), np.asarray(entry["labels"], np.int64)
+        # what unpickling garbage raises (random bytes can claim huge sizes: Overflow, Memory)
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError,
+                IndexError, OverflowError, MemoryError) as e:
+            raise bad(f"be a pickled dict of numpy arrays, but reading it failed: {e}") from None
+    if not isinstance(entry, dict):
+        raise bad(f"be a pickled dict, but got a {type(entry).__name__}")
+    entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}  # b"data" or "data"
+    if missing := sorted({"data", "labels"} - entry.keys()):
+        raise bad(f"hold 'data' and 'labels', but got no {missing}")
+    try:
+        x, y = np.asarray(entry["data"], np.uint8).reshape(-1, 3, 32, 32), np.asarray(entry["labels"], np.int64)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise bad(f"hold uint8 'data' of N x 3072 and integer 'labels', but {e}") from None
+    if y.shape != (len(x),):
+        raise bad(f"hold one label per image, but got {len(x)} images and labels of shape {y.shape}")
+    return x, y
 
 
 # -----------------------------------------------------------------------------
@@ -160,8 +219,12 @@ def _torchvision(name: str, cls_name: str, root: Path, download: bool, how_to_ge
 
 @register_dataset("mnist", num_classes=10, input_size=(1, 28, 28), title="MNIST")
 def _mnist(root: Path, download: bool, seed: int):
-    how = (f"To get it: run once with network access (download=True), or copy the uncompressed torchvision "
-           f"'MNIST/raw' files ({', '.join(_IDX_NAMES)}) into {root / 'MNIST' / 'raw'}.")
+    # Read IDX files already on disk ourselves: torchvision's reader asserts (a traceback) on a garbage file.
+    raw = root / "MNIST" / "raw"
+    if (paths := _find_idx(raw)) is not None:
+        return _idx_dataset("mnist", paths)
+    how = (f"To get it: run once with network access (download=True), or copy the torchvision 'MNIST/raw' "
+           f"files ({', '.join(_IDX_NAMES)}, .gz or not) into {raw}.")
     return _torchvision("mnist", "MNIST", root, download, how)
 
 
@@ -173,8 +236,7 @@ def _fashion_mnist(root: Path, download: bool, seed: int):
     places += [Path(d) / "fashion-mnist" for d in system.split(os.pathsep) if d]
     for place in places:
         if (paths := _find_idx(place)) is not None:
-            x_tr, y_tr, x_va, y_va = (torch.from_numpy(_read_idx(p)) for p in paths)
-            return x_tr.unsqueeze(1), y_tr.long(), x_va.unsqueeze(1), y_va.long()
+            return _idx_dataset("fashion-mnist", paths)
     how = (f"Looked for the four IDX files ({', '.join(_IDX_NAMES)}, .gz or not) in: "
            f"{', '.join(map(str, places))}. To get them: `apt-get install dataset-fashion-mnist`, "
            f"copy them into {root / 'fashion-mnist'}, or run once with network access (download=True).")
@@ -232,6 +294,30 @@ def _synthetic(root: Path, download: bool, seed: int, n_train: int = 512, n_val:
 # public API
 
 
+_LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _check_split(info: DatasetInfo, split: str, x, y) -> None:
+    """Every loader's output checked alike, so a bad file or plug-in is one DatasetError naming the
+    dataset here, not a shape or index error deep inside training (or a silently wrong run)."""
+    def bad(what: str) -> DatasetError:
+        return DatasetError(f"dataset {info.name!r} must give {what} (check its files, or its loader)")
+
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise bad(f"{split} images and labels as tensors, but got {type(x).__name__}, {type(y).__name__}")
+    if tuple(x.shape[1:]) != info.input_size or not (x.dtype == torch.uint8 or x.is_floating_point()):
+        raise bad(f"uint8 or float {split} examples of its registered input_size {info.input_size}, "
+                  f"but got shape={tuple(x.shape)} dtype={x.dtype}")
+    if len(x) == 0:
+        raise bad(f"a non-empty {split} split, but got 0 {split} examples")
+    if y.dtype not in _LABEL_DTYPES or tuple(y.shape) != (len(x),):
+        raise bad(f"1-D integer {split} labels, one per example, but got shape={tuple(y.shape)} "
+                  f"dtype={y.dtype} for {len(x)} examples")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= info.num_classes:
+        raise bad(f"{split} labels in [0, {info.num_classes}), but got labels in [{lo}, {hi}]")
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                  download: bool | None = None, limit: int | None = None, seed: int = 0) -> Dataset:
     """Load `name` as normalised tensors on `device`. `limit` keeps the first `limit` train and val examples.
@@ -245,9 +331,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, device: s
         download = os.environ.get("STETUNE_OFFLINE") != "1"
     x_tr, y_tr, x_va, y_va = info.loader(Path(data_dir).expanduser(), download, seed)
 
-    if tuple(x_tr.shape[1:]) != info.input_size:
-        raise ValueError(f"dataset {name!r} must give examples of its registered input_size "
-                         f"{info.input_size}, but got {tuple(x_tr.shape[1:])}")
+    for split, x, y in (("train", x_tr, y_tr), ("val", x_va, y_va)):
+        _check_split(info, split, x, y)
 
     # slice before converting, so a quick run never materialises the full float copy
     x_tr, y_tr, x_va, y_va = (t[:limit] for t in (x_tr, y_tr, x_va, y_va))

@@ -4,6 +4,7 @@ dict per epoch to a callback and returns a RunResult. Diverging is a result, not
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from .quant import QuantAct, set_ste_
 from .spec import RunSpec
 from .version import code_version
 
-__all__ = ["train", "RunResult", "resolve_device", "build_model", "train_step", "evaluate"]
+__all__ = ["train", "RunResult", "DeviceError", "resolve_device", "build_model", "train_step", "evaluate"]
 
 Report = Callable[[dict], None]
 EVAL_BATCH = 1000        # evaluation needs no gradients, so big batches are cheap
@@ -41,10 +42,41 @@ class RunResult:
         return dict(self.__dict__)
 
 
+class DeviceError(ValueError):
+    """A device string that is malformed, or names a device this machine does not have."""
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """`name` as a torch.device this machine has: checked here, so that a missing GPU is a one-line
+    DeviceError before any work rather than a driver traceback at the first tensor moved."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):  # "cuda:x", "cpu:", a non-string
+        raise DeviceError(f"device must be auto, cpu, cuda[:N] or mps, but got device={name!r}") from None
+
+    def missing(why: str) -> DeviceError:
+        return DeviceError(f"device must be available on this machine, but got device={name!r} ({why})")
+
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise missing("this machine has no CUDA device; use auto or cpu")
+        if (device.index or 0) >= n:
+            raise missing(f"this machine has {n} CUDA device{'s' * (n > 1)}: cuda:0"
+                          + (f"..cuda:{n - 1}" if n > 1 else ""))
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise missing("this machine has no MPS device; use auto or cpu")
+        if device.index not in (None, 0):
+            raise missing("there is one MPS device; use mps")
+    elif device.type == "cpu":
+        if device.index not in (None, 0):  # torch would ignore the index: say so rather than pretend to pin
+            raise missing("the CPU is one device; use cpu")
+    else:
+        raise DeviceError(f"device must be auto, cpu, cuda[:N] or mps, but got device={name!r}")
+    return device
 
 
 def build_model(spec: RunSpec, data: Dataset) -> nn.Module:
@@ -119,6 +151,8 @@ def train(spec: RunSpec, report: Report | None = None, *, checkpoint_dir: str | 
     spec = spec.validate().resolved()
     report = report or (lambda metrics: None)
     device = resolve_device(spec.device)
+    if checkpoint_dir is not None:
+        _check_writable_dir(Path(checkpoint_dir))
 
     # data: tensors on the device, batches drawn by shuffled index
     data = load_dataset(spec.dataset, data_dir=spec.data_dir, device=device, limit=spec.limit,
@@ -194,6 +228,21 @@ def train(spec: RunSpec, report: Report | None = None, *, checkpoint_dir: str | 
         if diverged:
             break
     return result
+
+
+def _check_writable_dir(folder: Path) -> None:
+    """Fail before the first epoch, not after it: the first save is where a bad folder would show."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        why = None if os.access(folder, os.W_OK) else "not writable"  # a read-only mount: even root can't
+    except FileExistsError:
+        why = "it is a file"
+    except NotADirectoryError:
+        why = "a folder above it is a file"
+    except OSError as e:  # no permission, read-only file system, ...
+        why = e.strerror or type(e).__name__
+    if why:
+        raise OSError(f"checkpoint_dir must be a writable directory, but got checkpoint_dir='{folder}' ({why})")
 
 
 def _progress(batches, enabled: bool, epoch: int, epochs: int):

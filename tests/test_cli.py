@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from stetune.cli import build_parser, main
 
@@ -61,6 +62,83 @@ def test_missing_dataset_offline_is_one_clear_message(tmp_path, monkeypatch):
     # offline here: torchvision's download fails, and the error says where it looked and what to do
     assert out.returncode == 1
     assert "mnist" in out.stderr and str(tmp_path) in out.stderr and "Traceback" not in out.stderr
+
+
+def only_error_line(out, prefix: str = "stetune train: error: ") -> str:
+    """The run's last stderr line, checked to be its one error line, with no traceback anywhere."""
+    lines = out.stderr.strip().splitlines()
+    assert "Traceback" not in out.stderr and lines and lines[-1].startswith(prefix), out.stderr[-2000:]
+    assert sum(line.startswith(prefix) for line in lines) == 1, out.stderr
+    return lines[-1]
+
+
+NO_CUDA = "this machine has no CUDA device"
+CUDA_PRESENT = "this machine has CUDA: the no-CUDA case does not apply"
+
+
+@pytest.mark.parametrize("device,why", [
+    pytest.param("cuda:7", NO_CUDA if not torch.cuda.is_available() else "CUDA devices: cuda:0",
+                 marks=pytest.mark.skipif(torch.cuda.device_count() > 7, reason="this machine has a cuda:7")),
+    pytest.param(f"cuda:{torch.cuda.device_count()}", "CUDA device"),  # one past the last: never there
+    pytest.param("cuda", NO_CUDA, marks=pytest.mark.skipif(torch.cuda.is_available(), reason=CUDA_PRESENT)),
+    pytest.param("mps", "no MPS device", marks=pytest.mark.skipif(
+        torch.backends.mps.is_available(), reason="this machine has an MPS device")),
+    pytest.param("cpu:3", "the CPU is one device; use cpu"),
+])
+def test_a_device_this_machine_lacks_is_one_line_exit_2(device, why):
+    out = run_cli("train", "--dataset", "digits", "--epochs", "1", "--device", device, "--no-progress")
+    assert out.returncode == 2, out.stderr[-2000:]
+    # refused before the run's header: the error is all of stderr
+    assert out.stderr.strip().splitlines() == [only_error_line(out, "stetune train: error: device")]
+    assert f"must be available on this machine, but got device='{device}' (" in out.stderr and why in out.stderr
+
+
+def test_a_malformed_device_is_one_line_exit_2():
+    out = run_cli("train", "--dataset", "digits", "--epochs", "1", "--device", "cuda:x")
+    assert out.returncode == 2
+    assert only_error_line(out) == ("stetune train: error: device must be auto, cpu, cuda[:N] or mps, "
+                                    "but got device='cuda:x'")
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_garbage_dataset_files_are_one_line_exit_1(tmp_path, dataset):
+    # what a partial download leaves: files with the right names and garbage in them
+    garbage = bytes(range(256)) * 4
+    if dataset == "mnist":
+        folder = tmp_path / "MNIST" / "raw"
+        names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"]
+    else:
+        folder = tmp_path / "cifar-10-batches-py"
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_bytes(garbage)
+    out = run_cli("train", "--dataset", dataset, "--data-dir", str(tmp_path), "--epochs", "1", "--no-progress",
+                  env={**__import__("os").environ, "STETUNE_OFFLINE": "1"})
+    assert out.returncode == 1, out.stderr[-2000:]
+    line = only_error_line(out)
+    assert repr(str(folder / names[0])) in line and "delete it" in line
+
+
+def test_a_checkpoint_dir_that_is_a_file_is_one_line_before_training(tmp_path):
+    (tmp_path / "ck").write_text("not a folder")
+    for where, why in [(tmp_path / "ck", "it is a file"), (tmp_path / "ck" / "sub", "a folder above it is a file")]:
+        out = run_cli("train", "--dataset", "synthetic", "--limit", "64", "--epochs", "1", "--no-progress",
+                      "--checkpoint-dir", str(where))
+        assert out.returncode == 1 and "epoch   1" not in out.stderr
+        assert only_error_line(out) == (f"stetune train: error: checkpoint_dir must be a writable directory, "
+                                        f"but got checkpoint_dir='{where}' ({why})")
+
+
+def test_a_missing_init_from_and_an_unwritable_out_are_one_line(tmp_path):
+    out = run_cli("train", "--dataset", "synthetic", "--limit", "64", "--epochs", "1",
+                  "--init-from", str(tmp_path / "nope.pt"))
+    assert out.returncode == 1 and str(tmp_path / "nope.pt") in only_error_line(out)
+    out = run_cli("train", "--dataset", "synthetic", "--limit", "64", "--epochs", "1", "--out", str(tmp_path))
+    assert out.returncode == 1 and json.loads(out.stdout)["status"] == "finished"  # the summary still shows
+    assert only_error_line(out).startswith(
+        f"stetune train: error: out must be a writable file, but got out='{tmp_path}'")
 
 
 def test_bench_runs_and_reports_ratios(tmp_path):

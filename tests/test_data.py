@@ -2,6 +2,8 @@
 
 import gzip
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +13,16 @@ import torch.nn.functional as F
 
 from stetune.data import (
     Dataset,
+    DatasetError,
     DatasetNotFoundError,
+    _DATASETS,
     _read_idx,
     dataset_info,
     list_datasets,
     augment_batch,
     batch_indices,
     load_dataset,
+    register_dataset,
 )
 
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -31,11 +36,15 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.setenv("STETUNE_SYSTEM_DATASETS", str(tmp_path / "no-system-datasets"))
 
 
+def idx_bytes(arr: np.ndarray) -> bytes:
+    """uint8 `arr` in IDX format: magic 0x00 0x00 0x08 ndim, big-endian u32 dims, then the data."""
+    return bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes() + arr.astype(np.uint8).tobytes()
+
+
 def write_idx(path: Path, arr: np.ndarray) -> None:
-    """Write uint8 `arr` in IDX format (magic 0x00 0x00 0x08 ndim, big-endian u32 dims), gzipped if path ends .gz."""
-    header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
+    """Write uint8 `arr` in IDX format, gzipped if path ends .gz."""
     with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as f:
-        f.write(header + arr.astype(np.uint8).tobytes())
+        f.write(idx_bytes(arr))
 
 
 def tiny_mnist(seed=0, n_train=12, n_val=5):
@@ -123,7 +132,7 @@ def test_read_idx_gz_and_plain(tmp_path):
         out = _read_idx(tmp_path / name)
         assert out.dtype == np.uint8 and np.array_equal(out, arr)
     (tmp_path / "bad").write_bytes(b"\x01\x02\x08\x01" + b"\x00" * 8)
-    with pytest.raises(ValueError, match="magic"):
+    with pytest.raises(DatasetError, match="magic"):
         _read_idx(tmp_path / "bad")
 
 
@@ -151,16 +160,23 @@ def test_fashion_mnist_system(tmp_path, monkeypatch):
     assert set(ds.y_train.tolist()) == set(range(10))
 
 
-def test_mnist_torchvision_offline(tmp_path):
-    # torchvision 0.29's MNIST._check_exists wants the uncompressed IDX files in <root>/MNIST/raw
+@pytest.mark.parametrize("suffix", ["", ".gz"], ids=["plain", "gz"])
+def test_mnist_idx_offline_without_torchvision(tmp_path, suffix):
+    # <root>/MNIST/raw, where torchvision puts it: read by our own IDX reader, .gz or not
     x_tr, y_tr, x_va, y_va = tiny_mnist(seed=1)
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name, arr in zip(IDX_NAMES, (x_tr, y_tr, x_va, y_va)):
-        write_idx(raw / name, arr)
+        write_idx(raw / f"{name}{suffix}", arr)
     ds = load_dataset("mnist", data_dir=tmp_path, download=False)
     check_common(ds, 1, 28)
     check_exact(ds, x_tr[:, None], y_tr, x_va[:, None], y_va)
+    # in a fresh interpreter: the files on disk never reach torchvision (whose reader asserts on garbage)
+    code = (f"import sys; from stetune.data import load_dataset; "
+            f"d = load_dataset('mnist', data_dir={str(tmp_path)!r}, download=False); "
+            f"print(len(d.x_train), 'torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(len(x_tr)), "False"]
 
 
 @pytest.mark.parametrize("key", [lambda k: k.encode(), str], ids=["bytes-keys", "str-keys"])
@@ -204,6 +220,138 @@ def test_default_data_dir_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("STETUNE_DATA", str(tmp_path / "from-env"))
     with pytest.raises(DatasetNotFoundError, match="from-env"):
         load_dataset("mnist", download=False)
+
+
+# -----------------------------------------------------------------------------
+# files that exist but are unusable: a one-line DatasetError naming the file
+
+
+def _with_header(ndim: int, dims: tuple, data: bytes = b"", dtype: int = 0x08) -> bytes:
+    return bytes([0, 0, dtype, ndim]) + np.asarray(dims, ">u4").tobytes() + data
+
+
+_X, _Y, _XV, _YV = tiny_mnist()
+# case -> (which of the four files, its bytes, a fragment of the message)
+IDX_GARBAGE = {
+    "random-bytes": (0, bytes(range(7, 107)), "must start with magic 00 00 <dtype> <ndim 1..3>"),
+    "empty": (1, b"", "must start with magic"),
+    "too-short": (1, b"\x00\x00", "must start with magic"),
+    "unknown-dtype": (0, _with_header(3, _X.shape, _X.tobytes(), dtype=0x07), "must start with magic"),
+    "ndim-0": (1, bytes([0, 0, 0x08, 0]), "ndim 1..3"),
+    "ndim-4": (0, _with_header(4, (12, 1, 28, 28), _X.tobytes()), "ndim 1..3"),
+    "header-cut": (0, bytes([0, 0, 0x08, 3]) + (12).to_bytes(4, "big"), "hold 3 u32 dims after the magic"),
+    "data-short": (0, idx_bytes(_X)[:-1], "data bytes"),
+    "data-long": (2, idx_bytes(_XV) + b"\x00", "data bytes"),
+    "huge-dims": (0, _with_header(3, (2**32 - 1,) * 3, b"\x00" * 64), "data bytes"),
+    "labels-count": (1, idx_bytes(_Y[:-1]), f"must be integers of shape ({len(_X)},)"),
+    "labels-2d": (3, idx_bytes(_YV[:, None]), "must be integers of shape"),
+    "labels-range": (3, idx_bytes(np.r_[_YV[:-1], 10]), "must be in [0, 10)"),
+    "images-20x20": (0, idx_bytes(np.zeros((12, 20, 20), np.uint8)), "must be uint8 (N >= 1, 28, 28)"),
+    "images-1d": (2, idx_bytes(_XV.ravel()), "must be uint8 (N >= 1, 28, 28)"),
+    "images-none": (2, idx_bytes(np.zeros((0, 28, 28), np.uint8)), "must be uint8 (N >= 1, 28, 28)"),
+    "images-int16": (0, _with_header(3, _X.shape, _X.astype(">i2").tobytes(), dtype=0x0B), "must be uint8"),
+}
+PLACES = {"mnist": "MNIST/raw", "fashion-mnist": "fashion-mnist"}
+
+
+def write_set(folder: Path, files: dict[int, bytes] = {}, suffix: str = "") -> list[Path]:
+    """The tiny valid set in `folder`, but with `files` (index -> raw bytes) in place of those files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}{suffix}" for name in IDX_NAMES]
+    for i, (path, arr) in enumerate(zip(paths, (_X, _Y, _XV, _YV))):
+        data = files.get(i, idx_bytes(arr))
+        path.write_bytes(gzip.compress(data) if suffix == ".gz" else data)
+    return paths
+
+
+def raises_naming(path: Path, fragment: str, **load) -> str:
+    with pytest.raises(DatasetError) as info:
+        load_dataset(download=False, **load)
+    msg = str(info.value)
+    assert str(path) in msg and fragment in msg and "\n" not in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize("case", list(IDX_GARBAGE))
+@pytest.mark.parametrize("name", list(PLACES))
+def test_garbage_idx_file_is_a_dataset_error_naming_it(tmp_path, name, case):
+    which, data, fragment = IDX_GARBAGE[case]
+    paths = write_set(tmp_path / PLACES[name], {which: data})
+    msg = raises_naming(paths[which], fragment, name=name, data_dir=tmp_path)
+    assert "delete it" in msg and isinstance(DatasetError(msg), ValueError)
+
+
+@pytest.mark.parametrize("case", ["labels-range", "data-short"])
+def test_garbage_idx_file_gzipped_or_in_the_system_folder(tmp_path, monkeypatch, case):
+    which, data, fragment = IDX_GARBAGE[case]
+    paths = write_set(tmp_path / "system" / "fashion-mnist", {which: data}, suffix=".gz")
+    monkeypatch.setenv("STETUNE_SYSTEM_DATASETS", str(tmp_path / "system"))
+    raises_naming(paths[which], fragment, name="fashion-mnist", data_dir=tmp_path / "empty")
+
+
+def test_a_gz_file_that_is_not_gzip(tmp_path):
+    paths = write_set(tmp_path / "MNIST" / "raw", suffix=".gz")
+    paths[2].write_bytes(idx_bytes(_XV))  # an uncompressed file under a .gz name
+    raises_naming(paths[2], "must be a readable gzip file, but reading it failed", name="mnist", data_dir=tmp_path)
+
+
+def test_a_cut_off_gz_file(tmp_path):
+    paths = write_set(tmp_path / "fashion-mnist", suffix=".gz")
+    paths[0].write_bytes(paths[0].read_bytes()[:200])  # a partial download
+    raises_naming(paths[0], "must be a readable gzip file", name="fashion-mnist", data_dir=tmp_path)
+
+
+def _cifar_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}))
+    return folder
+
+
+@pytest.mark.parametrize("data,fragment", [
+    (bytes(range(256)) * 4, "must be a pickled dict of numpy arrays, but reading it failed"),
+    (b"", "must be a pickled dict of numpy arrays"),
+    (pickle.dumps([1, 2, 3]), "must be a pickled dict, but got a list"),
+    (pickle.dumps({"data": np.zeros((2, 3072), np.uint8)}), "must hold 'data' and 'labels', but got no ['labels']"),
+    (pickle.dumps({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}), "must hold uint8 'data' of N x 3072"),
+    (pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}), "must hold one label per image"),
+], ids=["random-bytes", "empty", "a-list", "no-labels", "data-size", "labels-count"])
+def test_garbage_cifar_batch_is_a_dataset_error_naming_it(tmp_path, data, fragment):
+    folder = _cifar_folder(tmp_path)
+    (folder / "data_batch_2").write_bytes(data)
+    raises_naming(folder / "data_batch_2", fragment, name="cifar10", data_dir=tmp_path)
+
+
+@pytest.fixture
+def bad_loader():
+    """Register a dataset whose loader returns whatever the test sets, to reach load_dataset's checks."""
+    out = {}
+    register_dataset("bad-loader", num_classes=3, input_size=(1, 4, 4))(lambda root, download, seed: out["v"])
+    yield out
+    _DATASETS.pop("bad-loader")
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (dict(y_tr=torch.tensor([0.0, 1.0])), "must give 1-D integer train labels, one per example"),
+    (dict(y_va=torch.tensor([0])), "must give 1-D integer val labels, one per example, but got shape=(1,)"),
+    (dict(y_tr=torch.tensor([0, 3])), "must give train labels in [0, 3), but got labels in [0, 3]"),
+    (dict(y_va=torch.tensor([-1, 0])), "must give val labels in [0, 3), but got labels in [-1, 0]"),
+    (dict(x_tr=torch.zeros(0, 1, 4, 4), y_tr=torch.zeros(0, dtype=torch.long)), "must give a non-empty train split"),
+    (dict(x_va=torch.zeros(2, 1, 5, 5)),
+     "val examples of its registered input_size (1, 4, 4), but got shape=(2, 1, 5, 5)"),
+    (dict(x_tr=torch.zeros(2, 1, 4, 4, dtype=torch.int32)), "must give uint8 or float train examples"),
+    (dict(y_tr=[0, 1]), "must give train images and labels as tensors, but got Tensor, list"),
+])
+def test_loader_output_is_checked_for_every_dataset(bad_loader, change, fragment):
+    good = dict(x_tr=torch.rand(2, 1, 4, 4), y_tr=torch.tensor([0, 2]), x_va=torch.rand(2, 1, 4, 4),
+                y_va=torch.tensor([1, 2]))
+    bad_loader["v"] = tuple({**good, **change}[k] for k in ("x_tr", "y_tr", "x_va", "y_va"))
+    with pytest.raises(DatasetError) as info:
+        load_dataset("bad-loader")
+    assert str(info.value).startswith("dataset 'bad-loader' must give") and fragment in str(info.value)
+    bad_loader["v"] = tuple(good.values())
+    assert len(load_dataset("bad-loader").x_train) == 2
 
 
 # -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 
 from stetune.models import create_model
 from stetune.spec import RunSpec, SpecError
-from stetune.train import train
+from stetune.train import DeviceError, resolve_device, train
 
 QUICK = dict(dataset="synthetic", epochs=3, batch_size=64, lr=0.05, limit=256)
 
@@ -124,6 +124,52 @@ def test_init_from_float_checkpoint(tmp_path):
 def test_bad_input_names_the_field(kwargs, message):
     with pytest.raises(SpecError, match=message):
         RunSpec(**kwargs)
+
+
+N_CUDA = torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.parametrize("device,message", [
+    pytest.param("cuda", "(this machine has no CUDA device; use auto or cpu)", marks=pytest.mark.skipif(
+        N_CUDA > 0, reason="this machine has CUDA: the no-CUDA case does not apply")),
+    # one past the last device, so the case applies on any machine; the message lists what there is
+    (f"cuda:{N_CUDA}", "(this machine has no CUDA device; use auto or cpu)" if N_CUDA == 0 else
+     f"(this machine has {N_CUDA} CUDA device{'s' * (N_CUDA > 1)}: cuda:0"),
+    pytest.param("mps", "(this machine has no MPS device; use auto or cpu)", marks=pytest.mark.skipif(
+        torch.backends.mps.is_available(), reason="this machine has an MPS device")),
+    ("cpu:3", "(the CPU is one device; use cpu)"),
+])
+def test_a_device_this_machine_lacks_is_a_one_line_device_error(device, message):
+    with pytest.raises(DeviceError) as info:
+        resolve_device(device)
+    assert str(info.value).startswith(f"device must be available on this machine, but got device='{device}' ")
+    assert message in str(info.value) and "\n" not in str(info.value)
+    # in a sweep, train() raises it on the worker, and the failed trial shows that one line
+    with pytest.raises(DeviceError, match="must be available on this machine"):
+        train(RunSpec(**dict(QUICK, device=device)))
+
+
+@pytest.mark.parametrize("device", ["cuda:x", "cpu:", "xla", "meta"])
+def test_a_device_string_torch_or_stetune_does_not_know_is_a_device_error(device):
+    with pytest.raises(DeviceError, match=rf"device must be auto, cpu, cuda\[:N\] or mps, but got device='{device}'"):
+        resolve_device(device)
+
+
+def test_devices_this_machine_has_resolve():
+    assert resolve_device("cpu").type == resolve_device("cpu:0").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if N_CUDA else "cpu")
+    if N_CUDA:
+        assert resolve_device(f"cuda:{N_CUDA - 1}") == torch.device(f"cuda:{N_CUDA - 1}")
+
+
+def test_a_checkpoint_dir_that_cannot_be_written_fails_before_training(tmp_path):
+    (tmp_path / "file").write_text("")
+    seen = []
+    with pytest.raises(OSError, match=r"checkpoint_dir must be a writable directory, but got .*\(it is a file\)"):
+        train(RunSpec(**QUICK), seen.append, checkpoint_dir=tmp_path / "file")
+    assert seen == []  # no epoch was run (and lost) first
+    train(RunSpec(**dict(QUICK, epochs=1)), checkpoint_dir=tmp_path / "new" / "ck")  # created when missing
+    assert (tmp_path / "new" / "ck" / "checkpoint.pt").is_file()
 
 
 def test_unknown_spec_keys_are_errors():

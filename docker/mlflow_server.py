@@ -8,20 +8,26 @@ runs this same file outside Docker against a real PostgreSQL. Before the server 
   default admin password (password1234) -> exit 2 with one line naming the variable and the rule;
 - the auth config (admin user and password, auth database) is written to a private 0600 file, so
   the admin user is created with MLFLOW_ADMIN_PASSWORD on first start and never with a default;
-- the auth database and the S3 bucket are created when missing;
+- the auth database is created when missing, and the sweep driver's MLflow user (not an admin)
+  is created, or its password set to MLFLOW_DRIVER_PASSWORD, on every start;
+- an S3 artifact bucket must exist already (compose's minio-init creates it with MinIO's root
+  keys): this server gets only a user limited to that bucket, which cannot create buckets;
 - the backend store URI (it holds the database password) goes to `mlflow server` through the
   environment, not its argv, which `ps` and `docker top` show.
 
 Variables (see docker/.env.example): MLFLOW_ADMIN_USERNAME (default admin), MLFLOW_ADMIN_PASSWORD,
-MLFLOW_FLASK_SERVER_SECRET_KEY, MLFLOW_ARTIFACTS_DESTINATION (s3://bucket[/prefix] or a path);
+MLFLOW_DRIVER_USERNAME (default stetune), MLFLOW_DRIVER_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY,
+MLFLOW_ARTIFACTS_DESTINATION (s3://bucket[/prefix] or a path);
 the stores either as MLFLOW_BACKEND_STORE_URI and MLFLOW_AUTH_DATABASE_URI (SQLAlchemy URIs; for
 PostgreSQL name the driver, postgresql+psycopg2://, the one installed) or from POSTGRES_HOST,
 POSTGRES_PORT (5432), POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB (mlflow), MLFLOW_AUTH_DB
 (mlflow_auth); MLFLOW_HOST (0.0.0.0), MLFLOW_PORT (5000), MLFLOW_WORKERS (2),
-MLFLOW_DEFAULT_PERMISSION (READ: any signed-in user may read, only owners and admins write).
+MLFLOW_DEFAULT_PERMISSION (READ: any signed-in user may read, only owners and admins write; see
+write_auth_config).
 For S3: MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (only this server needs
 them: clients upload and download artifacts through it).
-Standard library only, plus psycopg2 / boto3 when the stores are PostgreSQL / S3.
+Standard library only, plus MLflow's auth store, and psycopg2 / boto3 when the stores are
+PostgreSQL / S3.
 """
 
 from __future__ import annotations
@@ -79,6 +85,14 @@ def settings(env: dict) -> dict:
     password = secret(env, "MLFLOW_ADMIN_PASSWORD")
     if password == LEGACY_DEFAULT_PASSWORD:
         raise ConfigError("MLFLOW_ADMIN_PASSWORD must not be MLflow's old default admin password")
+    driver = env.get("MLFLOW_DRIVER_USERNAME", "stetune").strip()
+    if not driver or driver == admin:
+        raise ConfigError("MLFLOW_DRIVER_USERNAME must be a non-empty name other than the "
+                          f"admin's, but got {driver=}")
+    driver_password = secret(env, "MLFLOW_DRIVER_PASSWORD")
+    if driver_password in (password, LEGACY_DEFAULT_PASSWORD):
+        raise ConfigError("MLFLOW_DRIVER_PASSWORD must differ from MLFLOW_ADMIN_PASSWORD and "
+                          "from MLflow's old default admin password")
     secret(env, "MLFLOW_FLASK_SERVER_SECRET_KEY")  # CSRF key of the auth app; read by MLflow
     permission = env.get("MLFLOW_DEFAULT_PERMISSION", "READ")
     if permission not in PERMISSIONS:
@@ -93,6 +107,7 @@ def settings(env: dict) -> dict:
             raise ConfigError(f"{name} must be a positive integer, but got {value!r}")
     return {
         "admin": admin, "password": password, "permission": permission, "dest": dest,
+        "driver": driver, "driver_password": driver_password,
         "backend": env.get("MLFLOW_BACKEND_STORE_URI")
         or postgres_uri(env, env.get("POSTGRES_DB", "mlflow")),
         "auth_db": env.get("MLFLOW_AUTH_DATABASE_URI")
@@ -102,11 +117,14 @@ def settings(env: dict) -> dict:
 
 
 def retry(what: str, fn, seconds: float = 60.0):
-    """fn() until it succeeds or `seconds` pass: a store that is still starting is not an error."""
+    """fn() until it succeeds or `seconds` pass: a store that is still starting is not an error;
+    a ConfigError is final."""
     deadline = time.monotonic() + seconds
     while True:
         try:
             return fn()
+        except ConfigError:
+            raise
         except Exception as e:
             if time.monotonic() > deadline:
                 # the exception's type only: psycopg2 messages can quote the connection string
@@ -142,7 +160,10 @@ def ensure_postgres_database(backend_uri: str, auth_uri: str) -> None:
     retry(f"creating the auth database {name!r}", create)
 
 
-def ensure_bucket(dest: str) -> None:
+def check_artifacts_destination(dest: str) -> None:
+    """A local destination is created; an S3 bucket must exist. Not created here: the keys this
+    server holds (compose: MLFLOW_S3_ACCESS_KEY, a MinIO user that minio-init limits to the one
+    bucket) may not create buckets, and MinIO's root keys stay out of this container."""
     parts = urlsplit(dest)
     if parts.scheme != "s3":
         if not parts.scheme:
@@ -153,16 +174,51 @@ def ensure_bucket(dest: str) -> None:
 
     s3 = boto3.client("s3", endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None)
 
-    def create():
+    def check():
         try:
-            s3.head_bucket(Bucket=parts.netloc)
+            s3.head_bucket(Bucket=parts.netloc)  # needs s3:ListBucket, which the policy grants
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
-                raise
-            s3.create_bucket(Bucket=parts.netloc)
-            print(f"stetune-mlflow: created bucket {parts.netloc!r}", flush=True)
+            code = e.response.get("Error", {}).get("Code")
+            if code in ("404", "NoSuchBucket"):
+                raise ConfigError(f"the S3 bucket of MLFLOW_ARTIFACTS_DESTINATION must exist "
+                                  f"(compose's minio-init creates it), but got {code=}") from None
+            raise
 
-    retry(f"creating the S3 bucket {parts.netloc!r}", create)
+    retry(f"reading the S3 bucket {parts.netloc!r}", check)
+
+
+def ensure_driver_user(s: dict) -> None:
+    """The sweep driver's MLflow user: created if missing, its password set if it changed, never
+    an admin. Written to the auth store directly with MLflow's own SqlAlchemyStore (the same
+    password hashing and migrations the server uses), before the server starts: no window in
+    which the driver's login fails, no admin password sent over HTTP, no second process to
+    supervise. The server's admin bootstrap is left to MLflow (it reads the ini)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    name, password = s["driver"], s["driver_password"]
+
+    def ensure():
+        store = SqlAlchemyStore()
+        store.init_db(s["auth_db"])  # creates or migrates the auth tables, as the server would
+        if not store.has_user(name, use_primary=True):
+            try:
+                store.create_user(name, password, is_admin=False)
+                print(f"stetune-mlflow: created MLflow user {name!r} (not an admin)", flush=True)
+                return
+            except MlflowException:
+                if not store.has_user(name, use_primary=True):  # not a concurrent create
+                    raise
+        if store.get_user(name).is_admin:
+            # the name of an existing admin: rewriting its password or role would hijack it
+            raise ConfigError(f"MLFLOW_DRIVER_USERNAME must not name an MLflow admin, but "
+                              f"{name!r} is one")
+        if not store.authenticate_user(name, password, use_primary=True):
+            store.update_user(name, password=password)
+            print(f"stetune-mlflow: set the password of MLflow user {name!r} from "
+                  "MLFLOW_DRIVER_PASSWORD", flush=True)
+
+    retry(f"creating the MLflow user {name!r}", ensure)
 
 
 def write_auth_config(s: dict) -> Path:
@@ -172,6 +228,11 @@ def write_auth_config(s: dict) -> Path:
     path = Path(tempfile.mkdtemp(prefix="mlflow-auth-")) / "basic_auth.ini"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
+        # default_permission applies where a user has no grant. READ (the default): every
+        # signed-in user sees every experiment, but changes only those it created (the creator
+        # gets MANAGE) or was granted; the driver writes its own experiments only, and the
+        # UI's users can read them without a grant per experiment. NO_PERMISSIONS would hide
+        # experiments from everyone but their owners and admins.
         f.write("[mlflow]\n"
                 f"default_permission = {s['permission']}\n"
                 f"database_uri = {esc(s['auth_db'])}\n"
@@ -193,13 +254,15 @@ def main() -> int:
     try:
         s = settings(env)
         ensure_postgres_database(s["backend"], s["auth_db"])
-        ensure_bucket(s["dest"])
+        check_artifacts_destination(s["dest"])
+        ensure_driver_user(s)
     except ConfigError as e:
         print(f"stetune-mlflow: error: {e}", file=sys.stderr)
         return 2
     ini = write_auth_config(s)
     # what the server reads; the raw secrets it no longer needs are dropped from its environment
-    for name in ("MLFLOW_ADMIN_PASSWORD", "POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD",
+    for name in ("MLFLOW_ADMIN_PASSWORD", "POSTGRES_PASSWORD", "MLFLOW_DRIVER_PASSWORD",
+                 "MLFLOW_AUTH_ADMIN_PASSWORD",
                  "MLFLOW_AUTH_ADMIN_USERNAME"):  # these two would override the ini
         env.pop(name, None)
     env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_BACKEND_STORE_URI=s["backend"],
@@ -209,7 +272,8 @@ def main() -> int:
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     argv = server_argv(s)
     print(f"stetune-mlflow: starting MLflow with basic auth on {s['host']}:{s['port']}, "
-          f"admin user {s['admin']!r}, artifacts {s['dest']}", flush=True)
+          f"admin user {s['admin']!r}, driver user {s['driver']!r}, artifacts {s['dest']}",
+          flush=True)
     os.execve(sys.executable, argv, env)  # replaces this process: signals reach the server
     return 0  # not reached
 

@@ -13,7 +13,9 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from datetime import date
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -25,8 +27,10 @@ DOCKER = ROOT / "docker"
 COMPOSE = yaml.safe_load((DOCKER / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
 RAY_SERVICES = ("ray-head", "ray-worker", "ray-worker-gpu")
-SECRETS = ("RAY_AUTH_TOKEN", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
-           "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD")
+SECRETS = ("RAY_AUTH_TOKEN", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_DRIVER_PASSWORD",
+           "MLFLOW_FLASK_SERVER_SECRET_KEY", "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD",
+           "MLFLOW_S3_ACCESS_KEY", "MLFLOW_S3_SECRET_KEY")
+ONE_SHOT = ("minio-init",)  # set-up jobs that run to completion; the others run until stopped
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN")
 VAR = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
 
@@ -108,12 +112,19 @@ def test_published_ports_bind_127_0_0_1_unless_opted_out():
 def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies():
     for name, svc in SERVICES.items():
         test = svc.get("healthcheck", {}).get("test")
-        assert test and test[0] in ("CMD", "CMD-SHELL"), f"services.{name}.healthcheck.test missing"
+        if name in ONE_SHOT:  # done when it exits 0; restarted, it would loop
+            assert svc.get("restart") == "no" and test is None, f"services.{name}: a one-shot"
+        else:
+            assert test and test[0] in ("CMD", "CMD-SHELL"), f"services.{name}.healthcheck.test"
         for dep, cond in (svc.get("depends_on") or {}).items():
-            assert cond == {"condition": "service_healthy"}, \
-                f"services.{name}.depends_on.{dep} must be condition: service_healthy"
+            want = "service_completed_successfully" if dep in ONE_SHOT else "service_healthy"
+            assert cond == {"condition": want}, \
+                f"services.{name}.depends_on.{dep} must be condition: {want}, but got {cond=}"
     order = {name: set(svc.get("depends_on") or {}) for name, svc in SERVICES.items()}
-    assert order["mlflow"] == {"postgres", "minio"}
+    # minio-init's bucket and user exist before MLflow starts; `up --wait` needs a long-running
+    # service to depend on each one-shot, or it counts the one-shot's exit as a failure
+    assert order["mlflow"] == {"postgres", "minio", "minio-init"}
+    assert order["minio-init"] == {"minio"}
     assert order["ray-head"] == {"mlflow"}  # drivers log to MLflow from the first trial on
     assert order["ray-worker"] == order["ray-worker-gpu"] == {"ray-head"}
     for name in RAY_SERVICES:
@@ -129,7 +140,7 @@ def test_secrets_are_required_never_literal():
                 m = VAR.fullmatch(value)
                 assert m and m.group(2) == "?" and m.group(3).strip(), \
                     f"services.{name}.environment.{key} must be ${{VAR:?message}}, got {value!r}"
-                required.add(m.group(1))
+            required |= {m.group(1) for m in VAR.finditer(value) if m.group(2) == "?"}
             # no variable may fall back to a secret-looking default either
             for m in VAR.finditer(value):
                 if SECRET_KEY.search(m.group(1)):
@@ -167,12 +178,72 @@ def test_auth_is_on_mlflow_basic_auth_and_ray_token():
         assert "--address=ray-head:6379" in SERVICES[name]["command"]
         # workers never see MLflow or S3 credentials: only the driver on the head logs
         assert not [k for k in SERVICES[name]["environment"] if k.startswith(("MLFLOW", "AWS"))]
-    head_env = SERVICES["ray-head"]["environment"]
-    assert head_env["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
     gpu = SERVICES["ray-worker-gpu"]
     assert gpu["profiles"] == ["gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert gpu["build"]["args"]["FLAVOR"] == "gpu" and defaults(gpu["image"]).endswith("-gpu")
+
+
+# ---- least privilege: who holds which credential ---------------------------------------------
+
+def holders(var: str) -> set[str]:
+    """The services whose definition refers to ${var...} (in the environment or a command)."""
+    return {name for name, svc in SERVICES.items()
+            if any(m.group(1) == var for m in VAR.finditer(json.dumps(svc)))}
+
+
+def test_each_credential_reaches_only_the_services_that_need_it():
+    for var, want in (("MLFLOW_ADMIN_PASSWORD", {"mlflow"}), ("MLFLOW_ADMIN_USERNAME", {"mlflow"}),
+                      ("MLFLOW_DRIVER_PASSWORD", {"mlflow", "ray-head"}),
+                      ("MINIO_ROOT_USER", {"minio", "minio-init"}),
+                      ("MINIO_ROOT_PASSWORD", {"minio", "minio-init"}),
+                      ("MLFLOW_S3_ACCESS_KEY", {"mlflow", "minio-init"}),
+                      ("MLFLOW_S3_SECRET_KEY", {"mlflow", "minio-init"})):
+        got = holders(var)
+        assert got == want, f"{var} must reach only {sorted(want)}, but got {got=}"
+    # the sweep driver logs as the driver user the mlflow entrypoint creates, not as the admin
+    head, mlflow = SERVICES["ray-head"]["environment"], SERVICES["mlflow"]["environment"]
+    assert head["MLFLOW_TRACKING_USERNAME"] == mlflow["MLFLOW_DRIVER_USERNAME"] \
+        == "${MLFLOW_DRIVER_USERNAME:-stetune}", head
+    assert head["MLFLOW_TRACKING_PASSWORD"] == mlflow["MLFLOW_DRIVER_PASSWORD"], head
+    assert head["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_DRIVER_PASSWORD:?"), head
+    # MLflow's S3 keys: the dedicated MinIO user
+    assert mlflow["AWS_ACCESS_KEY_ID"].startswith("${MLFLOW_S3_ACCESS_KEY:?"), mlflow
+    assert mlflow["AWS_SECRET_ACCESS_KEY"].startswith("${MLFLOW_S3_SECRET_KEY:?"), mlflow
+    # the mc client pinned to a release of about the same time as the server
+    stamp = lambda image: date.fromisoformat(  # noqa: E731
+        re.search(r":RELEASE\.(\d{4}-\d\d-\d\d)T", image).group(1))
+    mc, server = SERVICES["minio-init"]["image"], SERVICES["minio"]["image"]
+    assert mc.startswith("minio/mc:") and abs((stamp(mc) - stamp(server)).days) <= 90, (mc, server)
+
+
+def test_minio_init_gives_mlflow_a_user_limited_to_the_artifact_bucket():
+    bucket = urlsplit(SERVICES["mlflow"]["environment"]["MLFLOW_ARTIFACTS_DESTINATION"]).netloc
+    init = SERVICES["minio-init"]
+    (mount,) = init["configs"]
+    policy = json.loads(COMPOSE["configs"][mount["source"]]["content"])
+    allowed = {}
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Allow" and set(st) == {"Effect", "Action", "Resource"}, st
+        for action in st["Action"]:
+            assert "*" not in action, f"the policy must name its actions, but got {action=}"
+            allowed.setdefault(action, set()).update(st["Resource"])
+    bucket_arn = f"arn:aws:s3:::{bucket}"
+    assert allowed == {"s3:ListBucket": {bucket_arn}, "s3:GetBucketLocation": {bucket_arn},
+                       "s3:GetObject": {f"{bucket_arn}/*"}, "s3:PutObject": {f"{bucket_arn}/*"},
+                       "s3:DeleteObject": {f"{bucket_arn}/*"}}, allowed
+    script = "\n".join(init["command"])
+    # the shell in the container expands the secrets ($$VAR), compose must not ($VAR): that
+    # would write them into the container's command line
+    assert not re.search(r"\$(\{|[A-Za-z_])", script.replace("$$", "")), \
+        f"minio-init's command must escape every variable as $$VAR, but got {script=}"
+    assert init["entrypoint"][0] == "/bin/sh" and "-e" in init["entrypoint"][1]
+    for step in (f"mc mb --ignore-existing stack/{bucket}",  # idempotent, every step
+                 f"mc admin policy create stack mlflow-artifacts-rw {mount['target']}",
+                 "| mc admin user add stack",  # the keys on stdin, not in argv
+                 "mc admin policy attach stack mlflow-artifacts-rw --user "
+                 '"$$MLFLOW_S3_ACCESS_KEY"'):
+        assert step in script, step
 
 
 # ---- Dockerfile ------------------------------------------------------------------------------
@@ -223,6 +294,7 @@ def load_script(name: str):
 
 def good_env(**overrides) -> dict:
     env = {"MLFLOW_ADMIN_PASSWORD": "a" * 32, "MLFLOW_FLASK_SERVER_SECRET_KEY": "b" * 32,
+           "MLFLOW_DRIVER_PASSWORD": "d" * 32,
            "POSTGRES_HOST": "postgres", "POSTGRES_USER": "mlflow",
            "POSTGRES_PASSWORD": "p%w@d/:" + "c" * 16, "MLFLOW_ARTIFACTS_DESTINATION": "s3://b"}
     env.update(overrides)
@@ -235,6 +307,10 @@ def good_env(**overrides) -> dict:
     ({"MLFLOW_ADMIN_PASSWORD": "short"}, "MLFLOW_ADMIN_PASSWORD must be at least 16 characters"),
     ({"MLFLOW_ADMIN_PASSWORD": "password1234" * 2}, None),  # long enough, not the default
     ({"MLFLOW_FLASK_SERVER_SECRET_KEY": ""}, "MLFLOW_FLASK_SERVER_SECRET_KEY is required"),
+    ({"MLFLOW_DRIVER_PASSWORD": None}, "MLFLOW_DRIVER_PASSWORD is required"),
+    ({"MLFLOW_DRIVER_PASSWORD": "a" * 32}, "MLFLOW_DRIVER_PASSWORD must differ from MLFLOW_ADMIN"),
+    ({"MLFLOW_DRIVER_USERNAME": "admin"}, "MLFLOW_DRIVER_USERNAME must be a non-empty name"),
+    ({"MLFLOW_DRIVER_USERNAME": " "}, "MLFLOW_DRIVER_USERNAME must be a non-empty name"),
     ({"POSTGRES_PASSWORD": None}, "POSTGRES_PASSWORD is required"),
     ({"POSTGRES_HOST": None}, "set MLFLOW_BACKEND_STORE_URI and MLFLOW_AUTH_DATABASE_URI, or POSTGRES_HOST"),
     ({"MLFLOW_ARTIFACTS_DESTINATION": None}, "MLFLOW_ARTIFACTS_DESTINATION is required"),
@@ -255,7 +331,10 @@ def test_mlflow_entrypoint_refuses_the_old_default_password_and_quotes_uris(tmp_
     monkeypatch.setattr(server, "MIN_SECRET_LEN", 8)  # so the 12-character default gets this far
     with pytest.raises(server.ConfigError, match="must not be MLflow's old default"):
         server.settings(good_env(MLFLOW_ADMIN_PASSWORD="password1234"))
+    with pytest.raises(server.ConfigError, match="DRIVER_PASSWORD must differ .* old default"):
+        server.settings(good_env(MLFLOW_DRIVER_PASSWORD="password1234"))
     s = server.settings(good_env())
+    assert (s["driver"], s["driver_password"]) == ("stetune", "d" * 32)
     assert s["backend"] == ("postgresql+psycopg2://mlflow:p%25w%40d%2F%3A" + "c" * 16
                             + "@postgres:5432/mlflow")
     assert s["auth_db"].endswith("@postgres:5432/mlflow_auth")
@@ -388,11 +467,21 @@ def test_compose_config_accepts_the_stack_and_binds_loopback(tmp_path):
     for name, plist in ports.items():
         for p in plist:
             assert p["host_ip"] == "127.0.0.1", (name, p)
-    head = cfg["services"]["ray-head"]["environment"]
+    envs = {name: svc.get("environment") or {} for name, svc in cfg["services"].items()}
+    head, mlflow = envs["ray-head"], envs["mlflow"]
     assert head["RAY_AUTH_MODE"] == "token"
     assert head["RAY_AUTH_TOKEN"] == "0123456789abcdef" * 2 + "ray_auth_token"
-    assert head["MLFLOW_TRACKING_PASSWORD"] == cfg["services"]["mlflow"]["environment"][
-        "MLFLOW_ADMIN_PASSWORD"]
+    # the driver user's credentials on the head; the admin's and MinIO root's only where needed
+    assert (head["MLFLOW_TRACKING_USERNAME"], head["MLFLOW_TRACKING_PASSWORD"]) == (
+        mlflow["MLFLOW_DRIVER_USERNAME"], mlflow["MLFLOW_DRIVER_PASSWORD"]) == (
+        "stetune", "0123456789abcdef" * 2 + "mlflow_driver_password")
+    assert (mlflow["AWS_ACCESS_KEY_ID"], mlflow["AWS_SECRET_ACCESS_KEY"]) == (
+        envs["minio-init"]["MLFLOW_S3_ACCESS_KEY"], envs["minio-init"]["MLFLOW_S3_SECRET_KEY"])
+    for var, where in (("MLFLOW_ADMIN_PASSWORD", {"mlflow"}),
+                       ("MINIO_ROOT_PASSWORD", {"minio", "minio-init"})):
+        value = "0123456789abcdef" * 2 + var.lower()
+        assert {n for n, e in envs.items() if value in e.values()} == where, var
+    assert json.loads(cfg["configs"]["mlflow-artifacts-policy"]["content"])["Statement"]
     gpu = cfg["services"]["ray-worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["count"] == 1 and gpu["capabilities"] == ["gpu"]
     # the documented opt-out

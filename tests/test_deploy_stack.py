@@ -8,7 +8,11 @@ requests to MLflow and to the Ray Jobs API are refused.
 
 As in docker/compose.yaml, the head offers no CPUs (trials must run on the worker) and only the
 head has the MLflow credentials, in the environment of `ray start`: the job's driver inherits them;
-the submitting client has only the Ray token. Teardown signals only this module's processes."""
+the submitting client has only the Ray token. Those credentials are the driver user's, which the
+entrypoint creates (not an admin): the sweep's experiment is that user's, admin-only calls are
+refused to it, and a restart of the entrypoint changes no user but the driver's password. MinIO
+does not run here (artifacts go to a directory): its dedicated user is checked statically, in
+tests/test_deploy_compose.py. Teardown signals only this module's processes."""
 
 from __future__ import annotations
 
@@ -112,7 +116,8 @@ def stack():
     pg_tmp = tmp / "pg"
     pg_tmp.mkdir()
     s = {"tmp": tmp, "ray_token": secrets.token_hex(16), "admin": "stetune-admin",
-         "admin_password": secrets.token_urlsafe(24), "flask_key": secrets.token_hex(24)}
+         "admin_password": secrets.token_urlsafe(24), "flask_key": secrets.token_hex(24),
+         "driver": "stetune", "driver_password": secrets.token_urlsafe(24)}
     procs = []
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, tmp, True)
@@ -123,24 +128,37 @@ def stack():
         ml_env = {k: v for k, v in base_env().items() if not k.startswith(("MLFLOW_", "AWS_"))}
         ml_env.update(
             MLFLOW_ADMIN_USERNAME=s["admin"], MLFLOW_ADMIN_PASSWORD=s["admin_password"],
+            MLFLOW_DRIVER_USERNAME=s["driver"], MLFLOW_DRIVER_PASSWORD=s["driver_password"],
             MLFLOW_FLASK_SERVER_SECRET_KEY=s["flask_key"], POSTGRES_HOST=pg["host"],
             POSTGRES_PORT=str(pg["port"]), POSTGRES_USER=pg["user"],
             POSTGRES_PASSWORD=pg["password"], POSTGRES_DB="mlflow", MLFLOW_AUTH_DB="mlflow_auth",
             MLFLOW_ARTIFACTS_DESTINATION=str(tmp / "artifacts"), MLFLOW_HOST="127.0.0.1",
             MLFLOW_PORT=str(ml_port), MLFLOW_WORKERS="1", TMPDIR=str(tmp))
-        s["mlflow_log"] = tmp / "mlflow.log"
+        s["mlflow_log"], s["ml_env"] = tmp / "mlflow.log", ml_env
         mlflow = start([sys.executable, ROOT / "docker" / "mlflow_server.py"], ml_env,
                        s["mlflow_log"], tmp)
         procs.append(mlflow)
         stack.callback(stop_session, mlflow)
 
-        # Ray head: no CPUs for trials; the MLflow credentials only here, for the driver
+        def restart_mlflow(log: Path, **env) -> float:
+            """Stop the MLflow server, run the entrypoint again with `env` changed, wait."""
+            stop_session(procs[0])
+            procs[0] = start([sys.executable, ROOT / "docker" / "mlflow_server.py"],
+                             {**ml_env, **env}, log, tmp)
+            stack.callback(stop_session, procs[0])
+            return wait_for("restarted mlflow server", lambda: health("mlflow", "--port",
+                                                                      str(ml_port)), procs[0], log)
+
+        s["restart_mlflow"] = restart_mlflow
+
+        # Ray head: no CPUs for trials; the MLflow credentials only here, for the driver: the
+        # driver user's, as compose gives them, not the admin's
         ray_env = base_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=s["ray_token"])
         ray_env = {k: v for k, v in ray_env.items() if not k.startswith("MLFLOW_")}
         # the job's entrypoint runs `python`: this interpreter, on the cluster's PATH
         ray_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{ray_env.get('PATH', '')}"
-        head_env = dict(ray_env, MLFLOW_TRACKING_USERNAME=s["admin"],
-                        MLFLOW_TRACKING_PASSWORD=s["admin_password"])
+        head_env = dict(ray_env, MLFLOW_TRACKING_USERNAME=s["driver"],
+                        MLFLOW_TRACKING_PASSWORD=s["driver_password"])
         s["head_log"] = tmp / "head.log"
         head = start([RAY, "start", "--head", "--block", "--num-cpus", "0",
                       "--port", gcs_port, "--dashboard-host", "127.0.0.1",
@@ -202,6 +220,31 @@ def mlflow_api(s: dict, method: str, path: str, auth=True, **kw) -> requests.Res
     return requests.request(method, f"{s['mlflow']}{path}", auth=creds, timeout=30, **kw)
 
 
+def sql(s: dict, db: str, query: str, *args) -> list[tuple]:
+    import psycopg2
+
+    pg = s["pg"]
+    conn = psycopg2.connect(host=pg["host"], port=pg["port"], user=pg["user"],
+                            password=pg["password"], dbname=db)
+    with conn, conn.cursor() as cur:
+        cur.execute(query, args)
+        rows = cur.fetchall()
+    conn.close()
+    return rows
+
+
+def auth_users(s: dict) -> dict[str, bool]:
+    """username -> is_admin, from MLflow's auth store"""
+    return dict(sql(s, "mlflow_auth", "SELECT username, is_admin FROM users"))
+
+
+def experiment_permission(s: dict, username: str, exp_id: str) -> str:
+    r = mlflow_api(s, "GET", "/api/3.0/mlflow/users/permissions/get", params={
+        "username": username, "resource_type": "experiment", "resource_id": exp_id})
+    assert r.status_code == 200, r.text
+    return r.json()["permission"]
+
+
 def test_submit_to_the_stack_logs_everything_to_authenticated_mlflow(stack):
     s = stack
     # the client: the Ray token only, no MLflow credentials
@@ -256,6 +299,14 @@ def test_submit_to_the_stack_logs_everything_to_authenticated_mlflow(stack):
         assert 0.0 <= metrics["val_acc"] <= 1.0 and metrics["epoch"] == 1.0, metrics
         assert {p["key"] for p in c["data"]["params"]} >= {"lr", "ste", "bits"}
     assert {tags(c)["stetune.cell"] for c in children} == CELLS
+    # the driver user made the experiment (MLflow gives its creator MANAGE; basic auth records
+    # no user on runs: their mlflow.user tag is the OS user) and reads its runs itself
+    assert experiment_permission(s, s["driver"], exp_id) == "MANAGE"
+    s["exp_id"] = exp_id
+    r = mlflow_api(s, "POST", "/api/2.0/mlflow/runs/search",
+                   auth=(s["driver"], s["driver_password"]),
+                   json={"experiment_ids": [exp_id], "max_results": 100})
+    assert r.status_code == 200 and len(r.json()["runs"]) == 4, r.text
 
     # the artifact, stored by the server (served artifacts), downloaded through it
     assert parent["info"]["artifact_uri"].startswith("mlflow-artifacts:"), parent["info"]
@@ -267,20 +318,10 @@ def test_submit_to_the_stack_logs_everything_to_authenticated_mlflow(stack):
     assert yaml.safe_load(spec_yaml)["name"] == NAME
     assert list((s["tmp"] / "artifacts").rglob("spec.yaml")), "not in the artifacts destination"
 
-    # the stores are PostgreSQL's: runs in `mlflow`, the admin user in `mlflow_auth`
-    import psycopg2
-
-    pg = s["pg"]
-    for db, query, want in (
-            ("mlflow", "SELECT count(*) FROM runs WHERE experiment_id = %s", int(exp_id)),
-            ("mlflow_auth", "SELECT count(*) FROM users WHERE username = %s AND is_admin",
-             s["admin"])):
-        conn = psycopg2.connect(host=pg["host"], port=pg["port"], user=pg["user"],
-                                password=pg["password"], dbname=db)
-        with conn, conn.cursor() as cur:
-            cur.execute(query, (want,))
-            assert cur.fetchone()[0] == (4 if db == "mlflow" else 1), db
-        conn.close()
+    # the stores are PostgreSQL's: runs in `mlflow`, the admin and the driver in `mlflow_auth`
+    assert sql(s, "mlflow", "SELECT count(*) FROM runs WHERE experiment_id = %s",
+               int(exp_id)) == [(4,)]
+    assert auth_users(s) == {s["admin"]: True, s["driver"]: False}
 
     # ---- no secret anywhere it could be read back ----
     values = [v for run in runs for group in ("params", "tags")
@@ -289,11 +330,12 @@ def test_submit_to_the_stack_logs_everything_to_authenticated_mlflow(stack):
     readable = {"params/tags": "\n".join(values), "spec.yaml": spec_yaml,
                 "job record (runtime_env, metadata, entrypoint)": job_json, "job logs": logs,
                 "mlflow server log": s["mlflow_log"].read_text(errors="replace")}
-    for secret_name in ("admin_password", "ray_token", "flask_key"):
+    for secret_name in ("admin_password", "driver_password", "ray_token", "flask_key"):
         for where, text in readable.items():
             assert s[secret_name] not in text, f"{secret_name} readable in the {where}"
     for where, text in readable.items():
-        assert pg["password"] not in text, f"the PostgreSQL password is readable in the {where}"
+        assert s["pg"]["password"] not in text, \
+            f"the PostgreSQL password is readable in the {where}"
     assert "MLFLOW_TRACKING_PASSWORD" not in job_json  # not shipped in the job's runtime_env
 
 
@@ -330,3 +372,73 @@ def test_unauthenticated_requests_are_refused(stack):
     assert bad.returncode == 1 and re.match(r"unhealthy: ray-head: HTTP 40[13]", bad.stderr), \
         bad.stderr
     assert check("ray-worker").returncode == 0  # raylets run
+
+
+def test_the_driver_user_is_not_an_admin(stack):
+    s = stack
+    driver = (s["driver"], s["driver_password"])
+    r = mlflow_api(s, "GET", "/api/2.0/mlflow/users/current", auth=driver)
+    assert r.status_code == 200 and r.json()["user"]["is_admin"] is False, r.text
+    # admin-only calls are refused to it
+    r = mlflow_api(s, "POST", "/api/2.0/mlflow/users/create", auth=driver,
+                   json={"username": "intruder", "password": secrets.token_hex(16)})
+    assert r.status_code == 403, (r.status_code, r.text[:300])
+    r = mlflow_api(s, "PATCH", "/api/2.0/mlflow/users/update-admin", auth=driver,
+                   json={"username": s["driver"], "is_admin": True})
+    assert r.status_code == 403, (r.status_code, r.text[:300])
+    # default_permission READ: it reads another user's experiment but cannot write to it
+    r = mlflow_api(s, "POST", "/api/2.0/mlflow/experiments/create",
+                   json={"name": "admin-only"})
+    assert r.status_code == 200, r.text
+    other = r.json()["experiment_id"]
+    r = mlflow_api(s, "GET", "/api/2.0/mlflow/experiments/get", auth=driver,
+                   params={"experiment_id": other})
+    assert r.status_code == 200, r.text
+    r = mlflow_api(s, "POST", "/api/2.0/mlflow/runs/create", auth=driver,
+                   json={"experiment_id": other})
+    assert r.status_code == 403, (r.status_code, r.text[:300])
+    assert auth_users(s) == {s["admin"]: True, s["driver"]: False}
+
+
+def test_a_restart_of_the_entrypoint_is_idempotent(stack):
+    """Last in this module: it restarts the MLflow server, the second time with a new driver
+    password."""
+    s = stack
+    if "exp_id" not in s:
+        pytest.skip("needs the sweep of test_submit_to_the_stack_logs_everything_...")
+    assert "created MLflow user 'stetune'" in s["mlflow_log"].read_text()
+    # the driver's name may not take over an existing admin: refused before anything changes
+    other = ("other-admin", secrets.token_hex(16))
+    r = mlflow_api(s, "POST", "/api/2.0/mlflow/users/create",
+                   json={"username": other[0], "password": other[1]})
+    assert r.status_code == 200, r.text
+    r = mlflow_api(s, "PATCH", "/api/2.0/mlflow/users/update-admin",
+                   json={"username": other[0], "is_admin": True})
+    assert r.status_code == 200, r.text
+    users = auth_users(s)
+    r = subprocess.run([sys.executable, ROOT / "docker" / "mlflow_server.py"],
+                       env={**s["ml_env"], "MLFLOW_DRIVER_USERNAME": other[0]},
+                       capture_output=True, text=True, timeout=180, cwd=s["tmp"])
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    assert "MLFLOW_DRIVER_USERNAME must not name an MLflow admin" in r.stderr, r.stderr[-3000:]
+    assert mlflow_api(s, "GET", "/api/2.0/mlflow/users/current", auth=other).json()[
+        "user"]["is_admin"] is True  # its password and role unchanged
+
+    # restarts: with the same settings nothing changes; with a rotated driver password, only
+    # that password does
+    api = "/api/2.0/mlflow/users/current"
+    old, new = s["driver_password"], secrets.token_urlsafe(24)
+    for i, password in enumerate((old, new)):
+        log = s["tmp"] / f"mlflow-restart{i}.log"
+        took = s["restart_mlflow"](log, MLFLOW_DRIVER_PASSWORD=password)
+        print(f"mlflow server restarted in {took:.0f} s")
+        text = log.read_text()
+        assert "created MLflow user" not in text, text
+        assert ("set the password of MLflow user 'stetune'" in text) == (password == new), text
+        assert not [v for v in (old, new, s["admin_password"]) if v in text]
+        assert auth_users(s) == users
+        assert experiment_permission(s, s["driver"], s["exp_id"]) == "MANAGE"
+        r = mlflow_api(s, "GET", api, auth=(s["driver"], password))
+        assert r.status_code == 200 and r.json()["user"]["is_admin"] is False, r.text
+        assert mlflow_api(s, "GET", api).status_code == 200  # the admin's login is unchanged
+    assert mlflow_api(s, "GET", api, auth=(s["driver"], old)).status_code == 401

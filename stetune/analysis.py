@@ -12,7 +12,6 @@ import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +19,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from .naming import quote, redact
+from .store import StoreUnusable, check_sqlite_store
 from .stability import count_spikes, loss_ratios, repulsion_rows
 from .sweep.kinds import SweepKind, get_kind, list_kinds
 
@@ -114,32 +114,11 @@ def _history(client: MlflowClient, run_id: str) -> list[dict]:
 
 
 def _check_sqlite(uri: str) -> None:
-    """A sqlite URI must name an existing, complete MLflow store: MLflow would create (or
-    migrate, i.e. write) anything else, and analysis never writes. Checked read-only."""
-    if not uri.startswith("sqlite:"):
-        return
-    import sqlite3
-
-    from sqlalchemy.engine import make_url
-
-    db = make_url(uri).database
-    if not db or db == ":memory:":
-        return
-    path = Path(db).expanduser()
-    if not path.is_file():
-        raise AnalysisError(f"no MLflow store at {redact(uri)} (the file does not exist)")
+    """Analysis never writes: a sqlite store must exist and be complete (checked read-only)."""
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as e:
-        raise AnalysisError(f"{path} is not an MLflow store (sqlite: {e})") from None
-    if not {"alembic_version", "experiments", "runs"} <= tables:
-        raise AnalysisError(f"{path} is not a complete MLflow store (no MLflow tables"
-                            f"{'' if tables else ': the file is empty'}); analysis reads only, so "
-                            f"it does not create one")
+        check_sqlite_store(uri, must_exist=True)
+    except StoreUnusable as e:
+        raise AnalysisError(f"{e}; analysis reads only, so it does not create one") from None
 
 
 def load_sweep(name: str, tracking_uri: str, experiment: str | None = None) -> SweepData:

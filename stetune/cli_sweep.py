@@ -3,6 +3,7 @@ kind (each kind's summary and resumability come from its entry in the kind table
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 
@@ -108,20 +109,52 @@ def _drive(command: str, spec, **kw) -> int:
     from .checkpoint import UnsafeCheckpointError
     from .store import TrackingUnreachable
     from .sweep import run_sweep
-    from .sweep.session import SweepInterrupted, SweepStateError
-    from .tracking import SpecChanged
+    from .sweep.session import StorageError, SweepInterrupted, SweepStateError
+    from .tracking import STORE_ERRORS, TrackingConflict, TrackingStateError
 
     try:
         state = run_sweep(spec, **kw)
-    except (FileExistsError, UnsafeCheckpointError, SpecChanged) as e:  # incl. SweepLocked
-        print(f"stetune {command}: error: {e}", file=sys.stderr)
-        return 2
-    except (TrackingUnreachable, SweepStateError) as e:
-        print(f"stetune {command}: error: {e}", file=sys.stderr)
-        return 1
+    except (FileExistsError, UnsafeCheckpointError, TrackingConflict, StorageError) as e:
+        return _fail(command, e, 2)  # incl. SweepLocked, SpecChanged
+    except (TrackingUnreachable, SweepStateError, TrackingStateError) as e:
+        return _fail(command, e, 1)
     except SweepInterrupted as e:
         return _interrupted(command, spec, e)
+    except (OSError, *STORE_ERRORS) as e:  # the disk or the MLflow store failed mid-sweep
+        return _fail(command, e, 1, _fault(spec, e))
     return _finish_sweep(spec, state)
+
+
+def _fail(command: str, e: BaseException, code: int, text: str | None = None) -> int:
+    """`stetune COMMAND: error: ...` on one line: the error, then what was left undone (notes)."""
+    from .naming import redact
+
+    text = text or str(e).strip()  # stetune's own errors are one line
+    print(redact(f"stetune {command}: error: {'; '.join([text, *getattr(e, '__notes__', [])])}"),
+          file=sys.stderr)
+    return code
+
+
+def _fault(spec, e: BaseException) -> str:
+    """What failed under the sweep (the disk, the MLflow store) and how to go on, on one line."""
+    from .naming import gist, redact
+    from .store import TrackingUnreachable, check_server
+    from .sweep.kinds import get_kind
+
+    go_on = (f"run `stetune resume {spec.name} --storage {spec.storage}`"
+             if get_kind(spec.kind).resumable else "run the spec again under another name")
+    if getattr(e, "errno", None) == errno.ENOSPC or "disk is full" in str(e):
+        return f"disk full ({gist(e)}); free space, then {go_on}"
+    if isinstance(e, OSError):
+        return f"{gist(e)}; fix it, then {go_on}"
+    uri = spec.resolved_tracking_uri()
+    try:
+        check_server(uri, timeout=3)
+    except TrackingUnreachable:
+        return (f"the MLflow server {redact(uri)} stopped answering mid-sweep (MLflow's client "
+                f"gave up after its retries, MLFLOW_HTTP_REQUEST_MAX_RETRIES); once it is back, "
+                f"{go_on}")
+    return f"the MLflow store {redact(uri)} failed ({gist(e)}); once it works again, {go_on}"
 
 
 def _interrupted(command: str, spec, e) -> int:

@@ -10,8 +10,8 @@ import posixpath
 import re
 from pathlib import Path
 
-__all__ = ["default_tracking_uri", "split_credentials", "redact", "flatten", "quote", "metric_key", "TRIAL_STATUSES",
-           "WEIGHTS_ARTIFACT", "MASK", "is_secret_key"]
+__all__ = ["gist", "default_tracking_uri", "split_credentials", "redact", "flatten", "quote",
+           "metric_key", "TRIAL_STATUSES", "WEIGHTS_ARTIFACT", "MASK", "is_secret_key"]
 
 # Trial status -> MLflow run status. Diverged and pruned trials ran to a decision, so they are
 # FINISHED in MLflow; the stetune.status tag keeps the distinction. skipped: nothing to run;
@@ -24,10 +24,10 @@ MAX_KEY_LENGTH = 250  # MLflow's MAX_ENTITY_KEY_LENGTH
 _SECRET = re.compile(r"password|passwd|token|secret|key|credential", re.IGNORECASE)
 # scheme://user:PASSWORD@host: the password runs to the last '@' before the host (it may hold
 # '@', ':' and '/'); on doubt (an '@' in a path) more is masked, never less
-# http(s)://USERINFO@host[/path]: USERINFO runs to the last '@' before the host (a password may
-# hold '@', ':' and '/')
-_HTTP_USERINFO = re.compile(r"(?P<scheme>https?)://(?P<userinfo>.*)@(?P<host>[^@/?#\s]+)"
-                            r"(?P<tail>[/?#][^@]*)?")
+# scheme://USER[:PASSWORD]@host[/path]: the password runs to the last '@' before the host (it may
+# hold '@', ':' and '/'); a user holds none of '/@:' (so sqlite:////a@b/x.db has no userinfo)
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*)://(?P<user>[^/@:\s]*)(?::(?P<password>.*))?"
+                       r"@(?P<host>[^@/?#\s]+)(?P<tail>[/?#][^@]*)?")
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/@:\s]*:)\S+(?=@[^@/\s]*(?:[/?#\s]|$))")
 
 
@@ -38,13 +38,16 @@ def default_tracking_uri(sweep_dir: str | Path) -> str:
 
 
 def split_credentials(uri: str | None) -> tuple[str | None, str | None, str | None]:
-    """(the URI without `user:password@`, user, password) for an http(s) tracking URI; any other
-    URI comes back as it is, with None, None. The password may hold '@' and ':'."""
-    m = _HTTP_USERINFO.fullmatch(uri or "")
+    """(the URI without its password, user, password). An http(s) URI loses its whole
+    `user:password@` (MLflow's client sends both from its environment); a database URI keeps
+    `user@` (its driver takes the password from the environment, e.g. PGPASSWORD). A URI
+    without userinfo comes back as it is, with None, None."""
+    m = _USERINFO.fullmatch(uri or "")
     if m is None:
         return uri, None, None
-    user, _, password = m["userinfo"].partition(":")
-    return f"{m['scheme']}://{m['host']}{m['tail'] or ''}", user, password
+    user, password = m["user"], m["password"] or ""
+    keep = "" if m["scheme"].lower() in ("http", "https") else f"{user}@"
+    return f"{m['scheme']}://{keep}{m['host']}{m['tail'] or ''}", user, password
 
 
 def is_secret_key(key: str) -> bool:
@@ -97,3 +100,12 @@ def quote(value: str) -> str:
     if '"' not in value:
         return f'"{value}"'
     raise ValueError(f"cannot search MLflow for a value with both quote kinds: {value!r}")
+
+
+def gist(e: BaseException) -> str:
+    """An error's gist on one line, for messages: an OSError's reason and file, else the first
+    line of its text (MLflow and Ray append pages of detail)."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__

@@ -9,12 +9,8 @@ never duplicates runs, params or metric points.
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 import os
-import platform
-import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +24,12 @@ from mlflow.utils.validation import (MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
 from .naming import (MASK, TRIAL_STATUSES, WEIGHTS_ARTIFACT, flatten, is_secret_key, metric_key,
                      quote, redact)
-from .version import code_version
+from .version import provenance_tags
 
-__all__ = ["SweepTracker", "SpecChanged", "download_weights", "log_sweep_artifacts"]
+__all__ = ["SweepTracker", "TrackingConflict", "SpecChanged", "TrackingStateError", "STORE_ERRORS",
+           "download_weights", "log_sweep_artifacts"]
 
 _SWEEP_STATUSES = ("FINISHED", "FAILED", "KILLED")
-_VERSIONED_PACKAGES = ("torch", "ray", "mlflow", "optuna")
 
 
 def _create_sqlite_store(db_path: Path, artifact_root: str) -> None:
@@ -105,31 +101,20 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _provenance_tags() -> dict[str, str]:
-    """Git commit, package versions and host: enough to tell where and with what a sweep ran."""
-    cv = code_version()
-    tags = {"stetune.version": cv.get("stetune"), "stetune.git_commit": cv.get("git_commit"),
-            "stetune.git_dirty": cv.get("git_dirty"),
-            "mlflow.source.git.commit": cv.get("git_commit"),  # shown by the MLflow UI
-            "host.hostname": socket.gethostname(), "host.platform": platform.platform(),
-            "host.python": sys.version.split()[0], "host.cpu_count": os.cpu_count()}
-    for pkg in _VERSIONED_PACKAGES:
-        try:  # metadata only: importing ray/torch just for a version costs seconds
-            tags[f"version.{pkg}"] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            tags[f"version.{pkg}"] = "not installed"
-    try:
-        import torch
-        if torch.cuda.is_available():
-            tags["host.cuda_device"] = torch.cuda.get_device_name(0)
-            tags["host.cuda_device_count"] = torch.cuda.device_count()
-    except Exception:  # a broken CUDA setup must not stop the sweep from being tracked
-        pass
-    return {k: v for k, v in tags.items() if v is not None}
+class TrackingConflict(ValueError):
+    """What MLflow holds conflicts with the request (a new sweep whose name is taken, a deleted
+    experiment): the user picks another name or restores it. Nothing was written."""
 
 
-class SpecChanged(ValueError):
+class SpecChanged(TrackingConflict):
     """A resume with a spec other than the one the sweep started with."""
+
+
+STORE_ERRORS = (MlflowException,)  # what a failing store (full disk, dead server) raises
+
+
+class TrackingStateError(RuntimeError):
+    """MLflow lacks what the sweep's own files say it holds (a resume whose parent run is gone)."""
 
 
 @dataclass
@@ -175,7 +160,8 @@ class SweepTracker:
                 if exp is None:
                     raise
         if exp.lifecycle_stage != "active":
-            raise ValueError(f"experiment {name!r} is deleted; restore it or use another name")
+            raise TrackingConflict(f"MLflow experiment {name!r} is deleted; restore it "
+                                   f"(mlflow experiments restore) or use another name")
         return exp.experiment_id
 
     @property
@@ -200,9 +186,14 @@ class SweepTracker:
         fields are tagged on the run and the new spec is kept beside the first one."""
         existing = self._find_parent()
         if existing is not None and not resume:
-            raise ValueError(f"a sweep named {self.sweep_name!r} already exists in experiment "
-                             f"{self.experiment!r}; use resume or another name")
-        tags = {**_provenance_tags(), "stetune.sweep": self.sweep_name, "stetune.kind": "sweep"}
+            raise TrackingConflict(f"a sweep named {self.sweep_name!r} already exists in MLflow "
+                                   f"experiment {self.experiment!r}; use another name")
+        if existing is None and resume:  # spec.json is written after the parent run is made
+            raise TrackingStateError(
+                f"MLflow ({redact(self.tracking_uri)}, experiment {self.experiment!r}) holds no "
+                f"run of sweep {self.sweep_name!r}, which its saved state says it started: the "
+                f"store was replaced or emptied; restore it, or rerun the spec under another name")
+        tags = {**provenance_tags(), "stetune.sweep": self.sweep_name, "stetune.kind": "sweep"}
         params = _str_items(spec, MAX_PARAM_VAL_LENGTH)
         spec_file = "spec.yaml"
         if existing is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -30,14 +31,15 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("server")
-    port = free_port()
+@contextlib.contextmanager
+def running_mlflow_server(tmp, port: int | None = None):
+    """A real `mlflow server` on 127.0.0.1 with its sqlite store and artifacts in `tmp`; yields
+    (url, process); stopped after (a test may kill it earlier and start another on the port)."""
+    port = port or free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp}/srv.db",
            "--serve-artifacts", "--artifacts-destination", f"{tmp}/artifacts"]
-    log = open(tmp / "server.log", "wb")
+    log = open(tmp / "server.log", "ab")
     # Own session: teardown signals the server and the workers it spawned, nothing else.
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
                             start_new_session=True)
@@ -53,14 +55,21 @@ def mlflow_server(tmp_path_factory):
     try:
         waited = wait_for("mlflow server", healthy, proc, tmp / "server.log", timeout=60)
         print(f"mlflow server healthy after {waited:.1f} s")
-        yield url, tmp
+        yield url, proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
         try:
+            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(15)
+        except ProcessLookupError:
+            pass
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
+    with running_mlflow_server(tmp) as (url, _):
+        yield url, tmp

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import pytest
 
 import yaml
 from mlflow.tracking import MlflowClient
@@ -63,3 +68,27 @@ def check_one_run_per_trial(spec: SweepSpec, n_search: int, n_replicate: int,
         assert "node_id" not in c.data.metrics  # a tag, not a metric
         assert c.data.params["ste"] == c.data.tags["stetune.ste"]
     return children
+
+
+def cli(*args, env=None) -> subprocess.Popen:
+    """`stetune ARGS` in its own session (stop_session ends it and its local Ray)."""
+    return subprocess.Popen([sys.executable, "-m", "stetune.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+
+
+def wait_for_runs(spec: SweepSpec, driver: subprocess.Popen, ready, timeout: float = 300) -> None:
+    """Poll MLflow until ready(children) holds, the driver still running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        assert driver.poll() is None, driver.communicate()
+        uri = spec.resolved_tracking_uri()
+        if uri.startswith("sqlite:") and not (spec.sweep_dir() / "mlflow.db").exists():
+            continue
+        try:
+            _, _, children = sweep_runs(spec)
+        except Exception:  # the store is still being created
+            continue
+        if ready(children):
+            return
+    pytest.fail("the sweep never reached the point to inject the fault")

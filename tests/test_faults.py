@@ -4,6 +4,7 @@ MLflow holds, the exit code and the one-line message."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -89,6 +90,46 @@ def test_resume_refuses_a_changed_spec_and_unrestorable_tune_state(tmp_path):
     _, parents, after = sweep_runs(spec)
     assert {c.info.run_id for c in after} == {c.info.run_id for c in before}  # nothing deleted
     assert "RUNNING" not in {r.info.status for r in [*parents, *after]}
+
+    # its MLflow store emptied, damaged or gone: refused in one line, the file left as it was
+    db = spec.sweep_dir() / "mlflow.db"
+    for content, why in ((b"", "the file is empty"), (b"garbage" * 300, "not an MLflow store"),
+                         (None, "the file does not exist")):
+        db.unlink(missing_ok=True)
+        if content is not None:
+            db.write_bytes(content)
+        rc, out, err = _run("resume", "trunc", "--storage", str(tmp_path), "--quiet")
+        lines = err.strip().splitlines()
+        assert rc == 1 and len(lines) == 1 and lines[0].startswith("stetune resume: error: ") \
+            and str(db) in lines[0] and why in lines[0], err[-2000:]
+        assert "restore the sweep's mlflow.db, or rerun the spec under another name" in lines[0]
+        assert (db.read_bytes() if db.exists() else None) == content  # read-only: nothing made
+
+
+def test_storage_that_cannot_hold_a_sweep_is_one_line(tmp_path):
+    spec = small_spec(tmp_path, "nowhere")
+    path = write_spec(spec, tmp_path / "s.yaml")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    places = [(afile, "Not a directory")]
+    if os.geteuid() == 0:  # root writes through permissions: a read-only mount it is
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)], check=True)
+        places.append((ro, "Read-only file system"))
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        places.append((ro, "Permission denied"))
+    try:
+        for storage, why in places:
+            rc, out, err = _run("sweep", str(path), "--set", f"storage={storage}", "--quiet")
+            assert rc == 2 and err.strip().splitlines() == [
+                f"stetune sweep: error: storage '{storage}' cannot hold the sweep: {why}: "
+                f"{storage / 'nowhere'}; set storage to a writable directory"], err[-2000:]
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", "--lazy", str(ro)], check=False)
 
 
 def test_a_down_mlflow_server_fails_fast_and_leaves_nothing(tmp_path):

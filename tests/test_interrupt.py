@@ -7,38 +7,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from service_helpers import stop_session
-from sweep_helpers import check_one_run_per_trial, small_spec, sweep_runs, write_spec
+from sweep_helpers import (check_one_run_per_trial, cli, small_spec, sweep_runs, wait_for_runs,
+                           write_spec)
 
 pytestmark = pytest.mark.slow
-
-
-def _cli(*args):
-    return subprocess.Popen([sys.executable, "-m", "stetune.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def _wait_for(spec, driver, ready) -> None:
-    """Poll MLflow until ready(children) holds (the driver still running)."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        assert driver.poll() is None, driver.communicate()
-        if not (spec.sweep_dir() / "mlflow.db").exists():
-            continue
-        try:
-            _, _, children = sweep_runs(spec)
-        except Exception:  # the store is still being created
-            continue
-        if ready(children):
-            return
-    pytest.fail("the sweep never reached the point to interrupt")
 
 
 def _interrupt(spec, driver, sig, phase: str) -> None:
@@ -64,7 +40,7 @@ def _interrupt(spec, driver, sig, phase: str) -> None:
 
 
 def _resume(spec) -> None:
-    resumed = _cli("resume", spec.name, "--storage", spec.storage, "--quiet")
+    resumed = cli("resume", spec.name, "--storage", spec.storage, "--quiet")
     try:
         out, err = resumed.communicate(timeout=600)
     finally:
@@ -78,17 +54,17 @@ def test_sigterm_during_search_then_resume(tmp_path):
     spec = small_spec(tmp_path, "term", ["budget.trials_per_cell=2", "replicates.seeds=[1]",
                                          "cells.ste=[identity, relu]", "cells.bits=[2]",
                                          "train.epochs=6", "train.limit=1000", "asha.enabled=false"])
-    driver = _cli("sweep", str(write_spec(spec, tmp_path / "term.yaml")), "--quiet")
+    driver = cli("sweep", str(write_spec(spec, tmp_path / "term.yaml")), "--quiet")
     # a second driver is refused while this one lives, in one line naming it
-    _wait_for(spec, driver, lambda cs: True)  # its store exists: it holds the lock
-    second = _cli("resume", spec.name, "--storage", spec.storage)
+    wait_for_runs(spec, driver, lambda cs: True)  # its store exists: it holds the lock
+    second = cli("resume", spec.name, "--storage", spec.storage)
     out, err = second.communicate(timeout=120)
     assert second.returncode == 2, err[-3000:]
     line = err.strip().splitlines()[-1]
     assert line.startswith(f"stetune resume: error: sweep '{spec.name}' is being run by pid "
                            f"{driver.pid} on host ") and "since" in line
     # a search trial has logged an epoch and is still running
-    _wait_for(spec, driver, lambda cs: any(c.info.status == "RUNNING" and "epoch" in c.data.metrics
+    wait_for_runs(spec, driver, lambda cs: any(c.info.status == "RUNNING" and "epoch" in c.data.metrics
                                            for c in cs))
     _interrupt(spec, driver, signal.SIGTERM, "search")
     assert not (spec.sweep_dir() / "driver.lock").exists()
@@ -104,8 +80,8 @@ def test_sigint_during_replicates_then_resume(tmp_path):
     spec = small_spec(tmp_path, "int", ["budget.trials_per_cell=1", "replicates.seeds=[1, 2]",
                                         "cells.ste=[relu]", "cells.bits=[2]", "search={}",
                                         "train.epochs=4", "train.limit=1000"])
-    driver = _cli("sweep", str(write_spec(spec, tmp_path / "int.yaml")), "--quiet")
-    _wait_for(spec, driver, lambda cs: any(c.data.tags.get("stetune.phase") == "replicate"
+    driver = cli("sweep", str(write_spec(spec, tmp_path / "int.yaml")), "--quiet")
+    wait_for_runs(spec, driver, lambda cs: any(c.data.tags.get("stetune.phase") == "replicate"
                                            and "epoch" in c.data.metrics for c in cs))
     _interrupt(spec, driver, signal.SIGINT, "replicate")
     _resume(spec)

@@ -5,13 +5,14 @@ import pytest
 
 from stetune.naming import redact, split_credentials
 
-CASES = [  # (uri, password, uri without credentials, or None: not an http(s) URI)
+CASES = [  # (uri, password, uri without its password)
     ("http://u:pw@h:5000", "pw", "http://h:5000"),
     ("http://alice:p@ss:w/rd@127.0.0.1:5000/x", "p@ss:w/rd", "http://127.0.0.1:5000/x"),
     ("https://alice:a:b@c/d@db:443/mlflow?x=1", "a:b@c/d", "https://db:443/mlflow?x=1"),
     ("http://u:p%40x@h", "p%40x", "http://h"),
-    ("postgresql://alice:a:b@c/d@db/mlflow", "a:b@c/d", None),
-    ("postgresql://alice:p@ss-123@db/x", "p@ss-123", None),
+    # a database URI keeps its user: its driver takes the password from the environment
+    ("postgresql://alice:a:b@c/d@db/mlflow", "a:b@c/d", "postgresql://alice@db/mlflow"),
+    ("postgresql+psycopg2://alice:p@ss-123@db/x", "p@ss-123", "postgresql+psycopg2://alice@db/x"),
 ]
 
 
@@ -22,12 +23,10 @@ def test_passwords_are_masked_and_split_off(uri, password, clean):
     assert redact({"tracking_uri": uri, "db_password": "x"}) == {"tracking_uri": masked,
                                                                 "db_password": "***"}
     got, user, pw = split_credentials(uri)
-    if clean is None:
-        assert (got, user, pw) == (uri, None, None)
-    else:
-        assert (got, user, pw) == (clean, "alice" if "alice" in uri else "u", password)
+    assert (got, user, pw) == (clean, "alice" if "alice" in uri else "u", password)
 
 
 def test_uris_without_credentials_are_left_alone():
-    for uri in ("http://h:5000/path", "sqlite:////tmp/a/mlflow.db", "see http://h and more"):
+    for uri in ("http://h:5000/path", "sqlite:////tmp/a/mlflow.db", "see http://h and more",
+                "sqlite:////data/a@b/mlflow.db", "postgresql://bob@db/x"):
         assert redact(uri) == uri and split_credentials(uri)[0] == uri

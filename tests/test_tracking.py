@@ -16,7 +16,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from stetune.naming import default_tracking_uri, flatten
-from stetune.tracking import SweepTracker
+from stetune.tracking import SweepTracker, TrackingConflict, TrackingStateError
 
 SPEC = {"name": "demo", "model": "lenet5", "dataset": "digits",
         "grid": {"ste": ["clipped_relu", "identity"], "bits": [2, 4]},
@@ -147,10 +147,16 @@ def test_resume_is_idempotent(sqlite_uri, tmp_path):
 
 def test_existing_name_without_resume(sqlite_uri):
     SweepTracker(sqlite_uri, "exp-dup", "dup").start_sweep(SPEC)
-    with pytest.raises(ValueError, match=re.escape(
-            "a sweep named 'dup' already exists in experiment 'exp-dup'; "
-            "use resume or another name")):
+    with pytest.raises(TrackingConflict, match=re.escape(
+            "a sweep named 'dup' already exists in MLflow experiment 'exp-dup'; use another name")):
         SweepTracker(sqlite_uri, "exp-dup", "dup").start_sweep(SPEC)
+
+
+def test_resume_of_a_sweep_mlflow_does_not_hold_is_refused(sqlite_uri):
+    tracker = SweepTracker(sqlite_uri, "exp-gone", "gone")
+    with pytest.raises(TrackingStateError, match="holds no run of sweep 'gone'"):
+        tracker.start_sweep(SPEC, resume=True)
+    assert tracker.client.search_runs([tracker.experiment_id]) == []  # nothing made instead
 
 
 def test_secrets_are_masked(sqlite_uri, tmp_path):

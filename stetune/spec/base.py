@@ -12,7 +12,7 @@ from ..naming import default_tracking_uri
 from .errors import SpecError
 from .fields import Section, Str, dump, fld, parse, spec_fields
 
-__all__ = ["Placement", "Mlflow", "NAME_RULE", "DEFAULT_KIND"]
+__all__ = ["Placement", "Mlflow", "NAME_RULE", "DEFAULT_KIND", "NO_PASSWORD"]
 
 DEFAULT_KIND = "network"  # a spec without `kind:` is a network sweep
 NAME_RULE = r"(?!\.+$)[A-Za-z0-9_.-]+"  # used in paths and MLflow names; '.' and '..' are not
@@ -23,10 +23,19 @@ NAME = Str((NAME_WORDS, NAME_RULE),
            words=NAME_WORDS, max_len=100)
 
 
+# a password is kept out of every file only where its client reads one from the environment
+_KEPT_PASSWORD = (r"a URI with a password only for http(s) (moved to MLFLOW_TRACKING_PASSWORD) or "
+                  r"postgresql (moved to PGPASSWORD); for another database give it to its driver",
+                  r"(?!(?!(?i:https?|postgres(?:ql)?(?:\+\w+)?)://)[A-Za-z][\w+.-]*://[^/@:\s]*:.*@).*")
+NO_PASSWORD = (r"a URI without a password (it would be saved with the sweep; set "
+               r"MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, or PGPASSWORD)",
+               r"(?![A-Za-z][\w+.-]*://[^/@:\s]*:.*@).*")
+
+
 @dataclass(frozen=True)
 class Mlflow:
-    tracking_uri: str | None = fld(Str(null=True), "None: sqlite:///<abs storage>/<name>/mlflow.db, "
-                                   "no server", default=None)
+    tracking_uri: str | None = fld(Str(_KEPT_PASSWORD, null=True), "None: sqlite:///<abs storage>/"
+                                   "<name>/mlflow.db, no server", default=None)
     experiment: str | None = fld(Str(null=True), "None: the sweep name", default=None)
 
 

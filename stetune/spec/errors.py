@@ -9,6 +9,8 @@ import math
 import re
 from typing import Any, Iterable, NoReturn
 
+from ..naming import redact
+
 __all__ = ["SpecError", "fail", "reroute", "check_keys", "unique", "join", "suggest_key",
            "is_int", "is_number", "MAPPING_WORDS"]
 
@@ -21,7 +23,8 @@ class SpecError(ValueError):
 
 # -- messages ---------------------------------------------------------------------------------
 def fail(path: str, rule: str, value: Any, note: str = "") -> NoReturn:
-    raise SpecError(f"{path} must be {rule}, but got {path}={value!r}{note or _hint(value)}")
+    # a value may be a URI with a password: never echo it
+    raise SpecError(f"{path} must be {rule}, but got {path}={redact(value)!r}{note or _hint(value)}")
 
 
 def _hint(value: Any) -> str:

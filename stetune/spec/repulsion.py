@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from ..data import list_datasets
 from ..quant import MAX_BITS, list_stes
-from .base import Placement
+from .base import NO_PASSWORD, Placement
 from .errors import fail, reroute
 from .fields import Choice, FieldsOf, Int, ListOf, Num, Opt, Section, Str, dump, fld
 from .run import EPOCH, MAX_EPOCHS, MAX_SEED, RunSpec, SpecError, _models
@@ -34,7 +34,7 @@ class Start:
                                  "state_dict", default=None)
     run: str | None = fld(Str(null=True), "an MLflow run id with a `weights/model.pt` artifact",
                           default=None)
-    tracking_uri: str | None = fld(Str(null=True), "where `run` lives; None: this spec's own "
+    tracking_uri: str | None = fld(Str(NO_PASSWORD, null=True), "where `run` lives; None: this spec's own "
                                    "tracking URI (a default sqlite store is new: name the earlier "
                                    "sweep's)", default=None)
     ste: str | None = fld(Opt(Choice(list_stes)), "train the start here, with this STE ...",

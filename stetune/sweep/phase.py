@@ -18,8 +18,10 @@ from typing import Any, Callable, Iterator
 
 import ray
 from ray import tune
+from ray.tune.error import TuneError
 
 from ..checkpoint import CHECKPOINT_FILE
+from ..tracking import STORE_ERRORS
 from .callbacks import CellProgress, TrackingCallback
 from .kinds.base import FINAL_KEYS, trial_status
 from .session import SweepInterrupted, SweepStateError
@@ -203,15 +205,27 @@ def _fit(session, tuner):
     handlers come back after either way, as Tune otherwise leaves its own set."""
     signals = session.signals
     if signals is None or threading.current_thread() is not threading.main_thread():
-        return tuner.fit(), False
+        return _fit_unwrapped(tuner), False
     signals.install()
     signal.signal(signal.SIGTERM, signals.on_sigterm_in_tune)
     try:
-        results = tuner.fit()
+        results = _fit_unwrapped(tuner)
         stopped = signals.received is not None or signal.getsignal(signal.SIGINT) == signals.handle
     finally:
         signals.install()
     return results, stopped
+
+
+def _fit_unwrapped(tuner):
+    """tuner.fit(), where a failing store (a full disk, a dead MLflow server) raised in one of our
+    callbacks comes out as itself: Tune wraps it in a TuneError holding a traceback as text."""
+    try:
+        return tuner.fit()
+    except TuneError as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, (OSError, *STORE_ERRORS)):
+            raise cause from None
+        raise
 
 
 def run_one(session, phase: Phase, dest: Path, what: str) -> Outcome:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 
 from ..naming import split_credentials
 from .kinds import get_kind
@@ -14,15 +15,22 @@ __all__ = ["run_sweep", "without_credentials"]
 
 
 def without_credentials(spec):
-    """The spec with a `user:password@` moved out of its http(s) tracking URI into MLflow's own
-    MLFLOW_TRACKING_USERNAME / _PASSWORD (unless already set), so no file, state, log or job
-    payload stetune writes holds the password; MLflow's client sends it from there."""
+    """The spec with the password moved out of its tracking URI into the environment variable
+    its client reads (the URI's own password wins over one already set): MLflow's
+    MLFLOW_TRACKING_USERNAME / _PASSWORD for http(s), libpq's PGPASSWORD for PostgreSQL (the spec
+    refuses one in any other URI). No file, state, log or job payload then holds it."""
     uri, user, password = split_credentials(spec.mlflow.tracking_uri)
-    if password is None and user is None:
+    if uri == spec.mlflow.tracking_uri:
         return spec
-    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user or "")
-    if password:
-        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
+    if uri.lower().startswith(("http://", "https://")):
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user or ""
+        if password:
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    elif uri.lower().startswith("postgres"):
+        os.environ["PGPASSWORD"] = urllib.parse.unquote(password)  # the URI form is %-escaped
+    else:
+        raise ValueError(f"mlflow.tracking_uri must keep its password in the environment, but "
+                         f"holds one for {uri.split(':', 1)[0]}")
     return dataclasses.replace(spec, mlflow=dataclasses.replace(spec.mlflow, tracking_uri=uri))
 
 

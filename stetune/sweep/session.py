@@ -13,14 +13,16 @@ from typing import Any, Iterator
 
 import ray
 
-from ..store import check_server
+from ..naming import gist
+from ..store import (StoreUnusable, TrackingUnreachable, bound_client_retries, check_server,
+                     check_sqlite_store)
 from ..tracking import SweepTracker
 from .callbacks import register_tracker
 from .kinds.base import SweepKind
-from .lock import DriverLock
+from .lock import DriverLock, SweepLocked
 
-__all__ = ["Session", "SweepInterrupted", "SweepStateError", "sweep_session", "state_path",
-           "save_state"]
+__all__ = ["Session", "SweepInterrupted", "SweepStateError", "StorageError", "sweep_session",
+           "state_path", "save_state"]
 
 
 def state_path(spec) -> Path:
@@ -30,8 +32,11 @@ def state_path(spec) -> Path:
 def save_state(spec, state: dict) -> None:
     path = state_path(spec)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, default=str))
-    tmp.replace(path)  # atomic: a killed driver leaves the previous state, never half of one
+    try:
+        tmp.write_text(json.dumps(state, indent=2, default=str))
+        tmp.replace(path)  # atomic: a killed driver leaves the previous state, never half of one
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a half-written sweep.tmp
 
 
 @dataclass
@@ -65,6 +70,10 @@ class SweepInterrupted(Exception):
 class SweepStateError(RuntimeError):
     """A sweep's saved state (Tune's, sweep.json, spec.json) cannot be used as it is; the message
     names the file and what the user can do."""
+
+
+class StorageError(ValueError):
+    """`storage` cannot hold the sweep (a file, read-only, no permission): nothing was made."""
 
 
 class _Signals:
@@ -105,10 +114,17 @@ def sweep_session(spec, kind: SweepKind, *, address: str | None, resume: bool,
     the driver was interrupted (SweepInterrupted), FAILED with them if the body raised."""
     root = spec.sweep_dir()
     path = state_path(spec)
+    bound_client_retries()
     check_server(spec.resolved_tracking_uri())  # a down server: fail now, make nothing
-    root.mkdir(parents=True, exist_ok=True)
     lock = DriverLock(root, spec.name)
-    lock.acquire()  # before anything is read or written: one driver per sweep
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # before anything is read or written: one driver per sweep
+    except SweepLocked:
+        raise
+    except OSError as e:  # a file where a folder must be, a read-only mount, no permission
+        raise StorageError(f"storage {spec.storage!r} cannot hold the sweep: {gist(e)}; set "
+                           f"storage to a writable directory") from None
     try:
         if path.exists() and not resume:
             how = (f"use `stetune resume {spec.name}` or another name" if kind.resumable
@@ -126,15 +142,21 @@ def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int
          allow_spec_change: bool):
     state = _read_state(path) if path.exists() else {}
     uri, experiment = spec.resolved_tracking_uri(), spec.resolved_experiment()
+    try:  # a resume needs the store its runs are in; neither may be an empty or foreign file
+        check_sqlite_store(uri, must_exist=resume)
+    except StoreUnusable as e:
+        how = ("restore the sweep's mlflow.db, or rerun the spec under another name" if resume
+               else "delete it or point mlflow.tracking_uri elsewhere")
+        raise SweepStateError(f"{e}; {how}") from None
     tracker = SweepTracker(uri, experiment, spec.name, phases=kind.phases)
     tracker.start_sweep(spec.to_dict(), resume=resume, allow_changes=allow_spec_change)
-    state.pop("interrupted", None)  # a resume continues where that stopped
-    (root / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
-    save_state(spec, state)
-    register_tracker(tracker, uri, experiment, spec.name)
     signals = _Signals()
     session = Session(spec, kind, state, resume, verbose, tracker, signals)
-    try:
+    try:  # from here on the parent run is open: every way out ends it
+        state.pop("interrupted", None)  # a resume continues where that stopped
+        (root / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
+        save_state(spec, state)
+        register_tracker(tracker, uri, experiment, spec.name)
         if not ray.is_initialized():
             # "local" always starts a fresh Ray here: a bare init() would join whatever cluster
             # /tmp/ray/ray_current_cluster points at, even a dead one
@@ -147,10 +169,10 @@ def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int
         if not isinstance(e, SweepInterrupted):
             e = SweepInterrupted(signals.received or signal.SIGINT)
         state["interrupted"] = {"phase": e.phase, "signal": signal.Signals(e.signum).name}
-        _end(session, "KILLED", "interrupted")
+        _end(session, "KILLED", "interrupted", e)
         raise e from None
-    except BaseException:
-        _end(session, "FAILED", "failed")
+    except BaseException as e:
+        _end(session, "FAILED", "failed", e)
         raise
     finally:
         signals.restore()
@@ -171,10 +193,24 @@ def _read_state(path: Path) -> dict:
     return state
 
 
-def _end(session: Session, status: str, trials: str) -> None:
-    """End the parent run and every trial run still open: nothing is left RUNNING."""
-    session.save()
+def _end(session: Session, status: str, trials: str, cause: BaseException) -> None:
+    """End the parent run and every trial run still open: nothing is left RUNNING. Best effort:
+    when the disk or the MLflow server is what failed, what could not be done is added to the
+    cause's message (as a note), and the cause is what the user sees."""
+    missed = []
     try:
+        session.save()
+    except OSError as e:
+        missed.append(f"sweep.json was not updated ({gist(e)})")
+    try:
+        check_server(session.tracker.tracking_uri, timeout=3)  # a dead server: don't wait on it
         session.tracker.end_open_trials(trials)
-    finally:
         session.tracker.end_sweep(status)
+    except TrackingUnreachable:
+        missed.append("its MLflow runs stay RUNNING until `stetune resume` ends them")
+    except Exception as e:  # noqa: BLE001 (the cause matters more than this)
+        missed.append(f"its MLflow runs could not be ended {status} ({gist(e)}); `stetune resume` "
+                      f"ends them")
+    for note in missed:
+        cause.add_note(note)
+

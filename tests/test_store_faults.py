@@ -1,0 +1,107 @@
+"""The stores under a running sweep failing for real: its disk filling up (a small tmpfs, as
+root) and its MLflow server killed mid-search. Each run ends in one line naming what failed and
+how to go on, leaves sweep.json and Tune's state usable, and `resume` then completes the budget:
+every trial once in MLflow, every epoch once, nothing RUNNING."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import free_port, running_mlflow_server
+from service_helpers import stop_session
+from sweep_helpers import check_one_run_per_trial, cli, small_spec, wait_for_runs, write_spec
+
+pytestmark = pytest.mark.slow
+
+# one cell, two searched configs and a replicate: the least that has every phase
+SETS = ["cells.ste=[relu]", "cells.bits=[2]", "budget.trials_per_cell=2", "replicates.seeds=[1]",
+        "train.epochs=3", "asha.enabled=false"]
+
+
+def _logged_an_epoch(children) -> bool:
+    return any(c.info.status == "RUNNING" and "epoch" in c.data.metrics for c in children)
+
+
+def _finish(driver: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    try:
+        out, err = driver.communicate(timeout=timeout)
+    finally:
+        stop_session(driver)  # the driver's local Ray, whatever happened
+    return driver.returncode, out, err
+
+
+def _resume(spec) -> None:
+    rc, out, err = _finish(cli("resume", spec.name, "--storage", spec.storage, "--quiet"), 600)
+    assert rc == 0, err[-4000:]
+    state = json.loads((spec.sweep_dir() / "sweep.json").read_text())
+    assert {"search", "replicate"} <= set(state) and "failed" not in state
+    check_one_run_per_trial(spec, n_search=2, n_replicate=1, statuses=("finished",))
+
+
+def _fill(disk) -> None:
+    """Write zeros until the filesystem refuses: ENOSPC for everyone writing there."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(1 << 20))
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a small filesystem to fill needs root (mount tmpfs)")
+def test_a_full_disk_mid_sweep_says_so_and_resume_completes(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], check=True)
+    try:
+        # storage and the default sqlite store both on the small disk
+        spec = small_spec(disk, "full", SETS)
+        driver = cli("sweep", str(write_spec(spec, tmp_path / "full.yaml")), "--quiet")
+        try:
+            wait_for_runs(spec, driver, _logged_an_epoch)
+            _fill(disk)
+        finally:
+            rc, out, err = _finish(driver)
+        assert rc == 1, err[-4000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("stetune sweep: error: disk full (") and \
+            f"run `stetune resume full --storage {disk}`" in last, last
+        assert not list(spec.sweep_dir().glob("*.tmp")), "a half-written file was left behind"
+        (disk / "filler").unlink()
+        _resume(spec)
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+def test_an_mlflow_server_dying_mid_sweep_fails_fast_then_resume_completes(tmp_path):
+    srv, port = tmp_path / "srv", free_port()
+    srv.mkdir()
+    with running_mlflow_server(srv, port) as (url, server):
+        spec = small_spec(tmp_path, "dead", SETS, tracking_uri=url)
+        driver = cli("sweep", str(write_spec(spec, tmp_path / "dead.yaml")), "--quiet")
+        try:
+            wait_for_runs(spec, driver, _logged_an_epoch)
+            os.killpg(server.pid, signal.SIGKILL)  # the server and its workers, at once
+            server.wait()
+            t0 = time.monotonic()
+        finally:
+            rc, out, err = _finish(driver)
+        took = time.monotonic() - t0
+    assert rc == 1, err[-4000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"stetune sweep: error: the MLflow server {url} stopped answering "
+                           f"mid-sweep") and "run `stetune resume dead" in last, last
+    assert "its MLflow runs stay RUNNING until `stetune resume` ends them" in last
+    assert took < 120, f"a dead server took {took:.0f} s to notice (MLflow's retries bounded?)"
+    json.loads((spec.sweep_dir() / "sweep.json").read_text())  # intact
+    with running_mlflow_server(srv, port):  # back, on the same store
+        _resume(spec)

@@ -107,7 +107,7 @@ def _drive(command: str, spec, **kw) -> int:
     """Run (or resume) the sweep; every way it can end is one line and an exit code: 0 done,
     1 a runtime fault, 2 bad input or a conflict, 3 failed trials, 130/143 interrupted."""
     from .checkpoint import UnsafeCheckpointError
-    from .store import TrackingUnreachable
+    from .store import StoreUnusable, TrackingUnreachable
     from .sweep import run_sweep
     from .sweep.session import StorageError, SweepInterrupted, SweepStateError
     from .tracking import STORE_ERRORS, TrackingConflict, TrackingStateError
@@ -116,7 +116,7 @@ def _drive(command: str, spec, **kw) -> int:
         state = run_sweep(spec, **kw)
     except (FileExistsError, UnsafeCheckpointError, TrackingConflict, StorageError) as e:
         return _fail(command, e, 2)  # incl. SweepLocked, SpecChanged
-    except (TrackingUnreachable, SweepStateError, TrackingStateError) as e:
+    except (TrackingUnreachable, StoreUnusable, SweepStateError, TrackingStateError) as e:
         return _fail(command, e, 1)
     except SweepInterrupted as e:
         return _interrupted(command, spec, e)

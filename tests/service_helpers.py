@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,3 +85,52 @@ def stop_session(proc: subprocess.Popen, timeout: float = 30) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.wait(10)
+
+
+def pg_bin() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                      key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return versions[-1].parent if versions else None
+
+
+@contextlib.contextmanager
+def postgres(tmp: Path):
+    """A throwaway cluster on 127.0.0.1 with password (scram) auth, databases `mlflow` (as the
+    PostgreSQL image's POSTGRES_DB makes it) and `postgres`. initdb refuses to run as root: as
+    root the cluster belongs to the `postgres` user."""
+    root = os.geteuid() == 0
+    as_owner = ["runuser", "-u", "postgres", "--"] if root else []
+    data, pwfile = tmp / "pgdata", tmp / "pwfile"
+    # percent, at, slash, colon: the entrypoint must quote them in URIs and in the auth ini
+    password = secrets.token_hex(12) + "%@/:"
+    pwfile.write_text(password + "\n")
+    pwfile.chmod(0o600)
+    if root:
+        pg = pwd.getpwnam("postgres")
+        for p in (tmp, pwfile):
+            os.chown(p, pg.pw_uid, pg.pw_gid)
+    (port,) = free_ports(1)
+    subprocess.run([*as_owner, pg_bin() / "initdb", "-D", data, "-U", "stetune", f"--pwfile={pwfile}",
+                    "-A", "scram-sha-256", "-E", "UTF8", "--no-sync"],
+                   check=True, capture_output=True, cwd=tmp)
+    pwfile.unlink()
+    log = tmp / "postgres.log"
+    subprocess.run([*as_owner, pg_bin() / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o",
+                    f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                   check=True, capture_output=True, cwd=tmp)
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="stetune", password=password,
+                                dbname="postgres")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE DATABASE mlflow")
+        conn.close()
+        yield {"host": "127.0.0.1", "port": port, "user": "stetune", "password": password}
+    finally:
+        subprocess.run([*as_owner, pg_bin() / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
+                       capture_output=True, cwd=tmp)

@@ -176,3 +176,5 @@ def test_schema_command_writes_the_sweep_spec_schema(tmp_path):
     jsonschema.validate(quick, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(quick | {"budget": {"trials_per_cell": 0}}, schema)
+    with pytest.raises(jsonschema.ValidationError, match="greater than the maximum"):
+        jsonschema.validate(quick | {"train": {**quick["train"], "lr": float("inf")}}, schema)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import re
 import secrets
 import shutil
@@ -33,7 +32,7 @@ import pytest
 import requests
 import yaml
 
-from service_helpers import base_env, free_ports, http_get, stop_session, wait_for
+from service_helpers import base_env, free_ports, http_get, pg_bin, postgres, stop_session, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
@@ -41,15 +40,6 @@ HEALTH = ROOT / "docker" / "healthcheck.py"
 NAME = "deploy-stack"
 CELLS = {f"{ste}/2" for ste in ("identity", "relu", "clipped_relu")}
 JOB_TIMEOUT = 240  # s; 3 one-epoch trials plus the driver's start take about a minute here
-
-
-def pg_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                      key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
-    return versions[-1].parent if versions else None
 
 
 PG_BIN = pg_bin()
@@ -66,46 +56,6 @@ def start(cmd: list, env: dict, log: Path, cwd: Path) -> subprocess.Popen:
     with open(log, "wb") as f:  # the child keeps its own descriptor
         return subprocess.Popen([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT,
                                 env=env, cwd=cwd, start_new_session=True)
-
-
-@contextlib.contextmanager
-def postgres(tmp: Path):
-    """A throwaway cluster on 127.0.0.1 with password (scram) auth, databases `mlflow` (as the
-    PostgreSQL image's POSTGRES_DB makes it) and `postgres`. initdb refuses to run as root: as
-    root the cluster belongs to the `postgres` user."""
-    root = os.geteuid() == 0
-    as_owner = ["runuser", "-u", "postgres", "--"] if root else []
-    data, pwfile = tmp / "pgdata", tmp / "pwfile"
-    # percent, at, slash, colon: the entrypoint must quote them in URIs and in the auth ini
-    password = secrets.token_hex(12) + "%@/:"
-    pwfile.write_text(password + "\n")
-    pwfile.chmod(0o600)
-    if root:
-        pg = pwd.getpwnam("postgres")
-        for p in (tmp, pwfile):
-            os.chown(p, pg.pw_uid, pg.pw_gid)
-    (port,) = free_ports(1)
-    subprocess.run([*as_owner, PG_BIN / "initdb", "-D", data, "-U", "stetune", f"--pwfile={pwfile}",
-                    "-A", "scram-sha-256", "-E", "UTF8", "--no-sync"],
-                   check=True, capture_output=True, cwd=tmp)
-    pwfile.unlink()
-    log = tmp / "postgres.log"
-    subprocess.run([*as_owner, PG_BIN / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o",
-                    f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-                   check=True, capture_output=True, cwd=tmp)
-    try:
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="stetune", password=password,
-                                dbname="postgres")
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("CREATE DATABASE mlflow")
-        conn.close()
-        yield {"host": "127.0.0.1", "port": port, "user": "stetune", "password": password}
-    finally:
-        subprocess.run([*as_owner, PG_BIN / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
-                       capture_output=True, cwd=tmp)
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,7 @@ def test_base_round_trips_and_grid_order():
     ("seeds", [-1], "seeds[0] must be an int >= 0, but got seeds[0]=-1"),
     ("steps", 0, "steps must be an int >= 1, but got steps=0"),
     ("report_every", 1.5, "report_every must be an int >= 1"),
+    ("report_every", 101, "report_every must be <= steps (100), but got report_every=101"),
     ("eps", -0.1, "eps must be a number >= 0, but got eps=-0.1"),
     ("batch", 0, "batch must be an int >= 1, but got batch=0"),
     ("radius", 0, "radius must be a number > 0"),

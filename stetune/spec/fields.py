@@ -20,6 +20,7 @@ import dataclasses
 import math
 import operator
 import re
+import sys
 from typing import Any, Callable, Iterable
 
 from .errors import (MAPPING_WORDS, SpecError, check_keys, fail, is_int, is_number, join,
@@ -96,7 +97,11 @@ class Num(Rule):
         return value
 
     def schema(self):
-        return {"type": "number", **{key: limit for _, limit, _, _, key in self.bounds},
+        # finite limits where none are given: validators take YAML's .inf for a number otherwise
+        finite = {"minimum": -sys.float_info.max, "maximum": sys.float_info.max}
+        for _, limit, _, _, key in self.bounds:
+            finite.pop(key.replace("exclusiveM", "m"), None)
+        return {"type": "number", **finite, **{key: limit for _, limit, _, _, key in self.bounds},
                 **self.extra}
 
 

@@ -11,6 +11,7 @@ from typing import ClassVar
 from ..theory.descent import INITS
 from ..theory.model import STES
 from .base import Placement
+from .errors import SpecError, join
 from .fields import Choice, Int, ListOf, Num, Opt, Tuple, fld
 from .run import MAX_BATCH_SIZE, MAX_SEED
 
@@ -54,6 +55,11 @@ class TheorySweepSpec(Placement):
     tol: float = fld(Num(gt=0), "final loss below which a trial counts as converged",
                      default=1e-6)
     max_concurrent: int = fld(Int(ge=1), "two trials at once: fits a 2-core laptop", default=2)
+
+    def _check(self, path: str) -> None:
+        if self.report_every > self.steps:  # no report before the end: nothing to plot or stop on
+            raise SpecError(f"{join(path, 'report_every')} must be <= steps ({self.steps}), but "
+                            f"got {join(path, 'report_every')}={self.report_every}")
 
     # -- views ---------------------------------------------------------------------------------
     def trials(self) -> list[dict]:

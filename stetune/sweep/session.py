@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import ray
 
-from ..naming import gist
+from ..naming import gist, redact
 from ..store import (StoreUnusable, TrackingUnreachable, bound_client_retries, check_server,
                      check_sqlite_store)
 from ..tracking import SweepTracker
@@ -148,7 +148,12 @@ def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int
         how = ("restore the sweep's mlflow.db, or rerun the spec under another name" if resume
                else "delete it or point mlflow.tracking_uri elsewhere")
         raise SweepStateError(f"{e}; {how}") from None
-    tracker = SweepTracker(uri, experiment, spec.name, phases=kind.phases)
+    try:
+        tracker = SweepTracker(uri, experiment, spec.name, phases=kind.phases)
+    except ImportError as e:  # e.g. postgresql:// is SQLAlchemy's psycopg (3), not psycopg2
+        raise StoreUnusable(f"the MLflow store {redact(uri)} needs the Python module {e.name!r}, "
+                            f"which is not installed here: install it, or name an installed "
+                            f"driver in the URI (e.g. postgresql+psycopg2://)") from None
     tracker.start_sweep(spec.to_dict(), resume=resume, allow_changes=allow_spec_change)
     signals = _Signals()
     session = Session(spec, kind, state, resume, verbose, tracker, signals)

@@ -53,7 +53,7 @@ def running_mlflow_server(tmp, port: int | None = None):
             return False
 
     try:
-        waited = wait_for("mlflow server", healthy, proc, tmp / "server.log", timeout=60)
+        waited = wait_for("mlflow server", healthy, proc, tmp / "server.log", timeout=120)
         print(f"mlflow server healthy after {waited:.1f} s")
         yield url, proc
     finally:

@@ -91,6 +91,19 @@ def test_resume_refuses_a_changed_spec_and_unrestorable_tune_state(tmp_path):
     assert {c.info.run_id for c in after} == {c.info.run_id for c in before}  # nothing deleted
     assert "RUNNING" not in {r.info.status for r in [*parents, *after]}
 
+    # its saved spec or state damaged: one line naming the file, which is left as it was
+    for name, why in (("spec.json", "cannot be read as the sweep's saved spec"),
+                      ("sweep.json", "is not the sweep's state")):
+        f = spec.sweep_dir() / name
+        good = f.read_bytes()
+        f.write_bytes(b"\x00garbage{")
+        rc, out, err = _run("resume", "trunc", "--storage", str(tmp_path), "--quiet")
+        lines = err.strip().splitlines()
+        assert rc == 1 and len(lines) == 1 and lines[0].startswith(
+            f"stetune resume: error: {f} {why}"), err[-2000:]
+        assert f.read_bytes() == b"\x00garbage{"
+        f.write_bytes(good)
+
     # its MLflow store emptied, damaged or gone: refused in one line, the file left as it was
     db = spec.sweep_dir() / "mlflow.db"
     for content, why in ((b"", "the file is empty"), (b"garbage" * 300, "not an MLflow store"),

@@ -1,17 +1,60 @@
 """The training loop: reports, resume, divergence, STE switch, input validation, isolation."""
 
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from stetune.models import create_model
+from stetune.data import _DATASETS, dataset_info, register_dataset
+from stetune.models import create_model, model_info, register_model
+from stetune.models.registry import _MODELS
+from stetune.quant import QuantAct
 from stetune.spec import RunSpec, SpecError
-from stetune.train import DeviceError, resolve_device, train
+from stetune.train import DIVERGENCE_CHECK, DeviceError, resolve_device, train
 
 QUICK = dict(dataset="synthetic", epochs=3, batch_size=64, lr=0.05, limit=256)
+
+
+class Interrupt(Exception):
+    """Raised from a report callback: the run stops there, as a killed trial would."""
+
+
+@pytest.fixture
+def kept_models():
+    """A plug-in model that is lenet5 but keeps every instance train() builds, each counting its
+    training forward passes (`steps`), so a test can probe the very network the trainer trained."""
+    built = []
+    lenet = model_info("lenet5")
+
+    def count_step(model, inputs):
+        model.steps += model.training  # evaluate() runs in eval mode: only SGD steps count
+
+    @register_model(epochs=lenet.epochs, batch_size=lenet.batch_size, lr=lenet.lr,
+                    milestone_fracs=lenet.milestone_fracs, input_size=lenet.input_size,
+                    name="kept_lenet5")
+    def kept_lenet5(act, num_classes=10, in_channels=1):
+        model = lenet.fn(act=act, num_classes=num_classes, in_channels=in_channels)
+        model.steps = 0
+        model.register_forward_pre_hook(count_step)
+        built.append(model)
+        return model
+
+    yield built
+    _MODELS.pop("kept_lenet5")
+
+
+@pytest.fixture
+def augmented_synthetic():
+    """'synthetic' registered again with augment=True, as a plug-in dataset would be: training
+    then draws CIFAR-style crops and flips from the same generator as the data order."""
+    info = dataset_info("synthetic")
+    register_dataset("synthetic-augmented", num_classes=info.num_classes,
+                     input_size=info.input_size, augment=True)(info.loader)
+    yield "synthetic-augmented"
+    _DATASETS.pop("synthetic-augmented")
 
 
 def test_reports_every_epoch_with_the_documented_metrics():
@@ -44,26 +87,44 @@ def _final_weights(ckpt_dir):
     return torch.load(ckpt_dir / "checkpoint.pt", weights_only=False)["model"]
 
 
-def test_resume_is_bit_exact(tmp_path):
-    spec = RunSpec(**dict(QUICK, epochs=4, dataset="digits", limit=300, milestones=[2, 3]))
-    train(spec, checkpoint_dir=tmp_path / "full")
+def test_resume_with_augmentation_repeats_history_metrics_and_weights(augmented_synthetic,
+                                                                          tmp_path):
+    # cpu: the same kernels in the same order, so the comparison is exact (==): any difference
+    # is state the checkpoint failed to carry (weights, momentum, schedule, data order, crops)
+    spec = RunSpec(**dict(QUICK, epochs=4, dataset=augmented_synthetic, milestones=[2, 3],
+                          device="cpu"))
+    full = []
+    full_result = train(spec, full.append, checkpoint_dir=tmp_path / "full")
 
-    class Interrupt(Exception):
-        pass
+    cut = []
 
     def crash_after_2(m):
+        cut.append(m)
         if m["epoch"] == 2:
             raise Interrupt
 
     with pytest.raises(Interrupt):
         train(spec, crash_after_2, checkpoint_dir=tmp_path / "cut")
-    resumed = []
-    result = train(spec, resumed.append, checkpoint_dir=tmp_path / "cut")
-    assert [m["epoch"] for m in resumed] == [3, 4] and result.epochs_run == 4
-    assert len(result.history) == 4
-    full, cut = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "cut")
-    assert full.keys() == cut.keys()
-    assert all(torch.equal(full[k], cut[k]) for k in full)
+    result = train(spec, cut.append, checkpoint_dir=tmp_path / "cut")
+
+    def timeless(history):  # wall-clock time is the one thing allowed to differ
+        return [{k: v for k, v in m.items() if k != "epoch_time"} for m in history]
+
+    assert [m["epoch"] for m in cut] == [1, 2, 3, 4] and result.epochs_run == 4
+    assert timeless(cut) == timeless(full)  # every reported metric, epoch by epoch
+    assert timeless(result.history) == timeless(full_result.history)
+    assert timeless([result.metrics]) == timeless([full_result.metrics])
+    assert (result.status, result.best_val_acc) == (full_result.status, full_result.best_val_acc)
+    full_ck, cut_ck = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=False)
+                       for d in ("full", "cut"))
+    assert torch.equal(full_ck["generator"], cut_ck["generator"])
+    # the premise: training drew crops and flips from that generator, not only the data order
+    order_only = torch.Generator().manual_seed(spec.seed)
+    for _ in range(spec.epochs):
+        torch.randperm(256, generator=order_only)
+    assert not torch.equal(full_ck["generator"], order_only.get_state())
+    assert full_ck["model"].keys() == cut_ck["model"].keys()
+    assert all(torch.equal(full_ck["model"][k], cut_ck["model"][k]) for k in full_ck["model"])
 
 
 def test_measure_start_reports_epoch_0_and_leaves_the_run_unchanged(tmp_path):
@@ -90,10 +151,66 @@ def test_nan_loss_ends_the_run_as_diverged(tmp_path):
     assert seen[-1]["status"] == "diverged" and seen[-1]["train_loss"] != seen[-1]["train_loss"]
 
 
-def test_ste_switch_at_epoch():
+def test_divergence_in_a_later_epoch_stops_mid_epoch(kept_models):
+    # lr * weight_decay = 9 > 2: plain SGD's decay multiplies every weight by 1 - 9 = -8 a step,
+    # so the logits grow geometrically until float32 overflows: the loss is finite for all of
+    # epoch 1 (32 steps) and turns NaN at step 44 overall, the 12th of epoch 2, whatever the seed
+    # (real numerics, no injected NaN; gamma <= 1 cannot raise lr at a milestone, and the data's
+    # normalisation would spread an inf placed in one example over all of them).
+    spec = RunSpec(dataset="synthetic", model="kept_lenet5", limit=256, batch_size=8, epochs=4,
+                   lr=1.0, weight_decay=9.0, momentum=0.0, milestones=[], device="cpu")
+    batches = 256 // 8
     seen = []
-    train(RunSpec(**QUICK, ste="clipped_relu", switch_ste="identity", switch_ste_at=2), seen.append)
-    assert [m["ste"] for m in seen] == ["clipped_relu", "identity", "identity"]
+
+    def report(m):
+        model = kept_models[-1]
+        seen.append(dict(m, steps=model.steps))
+        model.steps = 0
+
+    result = train(spec, report)
+    assert result.status == "diverged" and result.epochs_run == 2
+    assert [m["epoch"] for m in result.history] == [1, 2] and len(seen) == 2
+    first, last = seen
+    assert first["status"] == "finished" and first["steps"] == batches
+    assert all(math.isfinite(first[k]) for k in
+               ("train_loss", "train_acc", "grad_norm", "lr", "val_loss", "val_acc"))
+    assert last["status"] == "diverged" and not math.isfinite(last["train_loss"])
+    # stopped at the first finiteness check after the loss went bad, not at the epoch's end
+    assert last["steps"] < batches and (last["steps"] - 1) % DIVERGENCE_CHECK == 0, last["steps"]
+
+
+def _ste_by_gradient(model) -> list[str]:
+    """The STE each QuantAct of `model` applies, read from its input gradient at one point per
+    region (below 0, inside (0, top), above top), not from its label: identity passes all three,
+    ReLU the last two, clipped ReLU the middle one only."""
+    names = {(1, 1, 1): "identity", (0, 1, 1): "relu", (0, 1, 0): "clipped_relu"}
+    found = []
+    for act in (m for m in model.modules() if isinstance(m, QuantAct)):
+        x = torch.tensor([-1.0, act.top / 2, act.top + 1.0], requires_grad=True)
+        with torch.enable_grad():
+            act(x).sum().backward()
+        found.append(names.get(tuple(x.grad.tolist()), f"unknown {x.grad.tolist()}"))
+    return found
+
+
+@pytest.mark.parametrize("ste,switch", [("clipped_relu", "identity"), ("identity", "relu"),
+                                        ("relu", "clipped_relu")])
+def test_ste_switch_changes_the_trained_models_gradients(kept_models, tmp_path, ste, switch):
+    # each epoch's report comes after its steps, so the model's gradients then are those it was
+    # trained with; epoch 3 runs after a resume, on a freshly built model that starts with `ste`
+    spec = RunSpec(**dict(QUICK, model="kept_lenet5", ste=ste, switch_ste=switch, switch_ste_at=2))
+    seen = []
+
+    def probe(m):
+        seen.append((m["ste"], _ste_by_gradient(kept_models[-1])))
+        if m["epoch"] == 2 and len(kept_models) == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(spec, probe, checkpoint_dir=tmp_path)
+    train(spec, probe, checkpoint_dir=tmp_path)
+    assert len(kept_models) == 2
+    assert seen == [(ste, [ste] * 4), (switch, [switch] * 4), (switch, [switch] * 4)]
 
 
 def test_init_from_float_checkpoint(tmp_path):

@@ -39,17 +39,30 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"bits must be in 1..{MAX_BITS}, but got {bits=}")
 
 
+def _lloyd_step(a: float, levels: int) -> float:
+    """One Lloyd update a -> E[X k(X)] / E[k(X)^2], k(X) the nearest level of step a."""
+    num = den = 0.0
+    for k in range(1, levels + 1):  # level k takes ((k-1/2)a, (k+1/2)a], the top one the tail
+        hi = (k + 0.5) * a if k < levels else math.inf
+        p, m1 = _half_normal_moments((k - 0.5) * a, hi)
+        num, den = num + k * m1, den + k * k * p
+    return num / den
+
+
 @lru_cache(maxsize=None)
 def _lloyd_exact(bits: int, tol: float, max_iter: int) -> float:
+    # The plain iteration contracts by ~0.9995 per step at 8 bits (55k steps, and a stop on a
+    # small step still leaves it 1e-7 short): Steffensen's acceleration of the same map reaches
+    # its fixed point in a few dozen steps; a plain step wherever the extrapolation is unsafe.
     levels = 2**bits - 1
     a = 1.0  # any positive start converges: the fixed-point map is a contraction here
     for _ in range(max_iter):
-        num = den = 0.0
-        for k in range(1, levels + 1):  # level k takes ((k-1/2)a, (k+1/2)a], the top one the tail
-            hi = (k + 0.5) * a if k < levels else math.inf
-            p, m1 = _half_normal_moments((k - 0.5) * a, hi)
-            num, den = num + k * m1, den + k * k * p
-        a_new = num / den
+        g1 = _lloyd_step(a, levels)
+        g2 = _lloyd_step(g1, levels)
+        curvature = g2 - 2.0 * g1 + a
+        a_new = a - (g1 - a) ** 2 / curvature if curvature != 0.0 else g2
+        if not (a_new > 0.0 and math.isfinite(a_new)):
+            a_new = g2
         if abs(a_new - a) < tol:
             return a_new
         a = a_new

@@ -35,7 +35,8 @@ def save_checkpoint(path: Path, model, opt, sched, gen: torch.Generator, epoch: 
 
 
 class UnsafeCheckpointError(ValueError):
-    """A file that is not a plain-data checkpoint (a pickle that would run code, or garbage)."""
+    """A file that is not a plain-data checkpoint (a pickle that would run code, or garbage), or
+    whose weights do not fit the model: either way bad input, refused before any training."""
 
 
 def safe_load(path: str | os.PathLike, map_location=None, what: str = "checkpoint"):
@@ -43,7 +44,12 @@ def safe_load(path: str | os.PathLike, map_location=None, what: str = "checkpoin
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        # torch's first paragraph suggests weights_only=False (never here); the next line says
+        # why it refused ("Trying to load unsupported GLOBAL posix.system ...")
+        if lines[0].startswith("Weights only load failed") and len(lines) > 1:
+            lines = lines[1:]
+        first = lines[0].removeprefix("WeightsUnpickler error:").strip()
         raise UnsafeCheckpointError(f"{what} {str(path)!r} must be a weights-only PyTorch file "
                                     f"(tensors and plain data), but loading it safely failed: "
                                     f"{first[:200]}") from None
@@ -68,4 +74,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"init_from must be an existing checkpoint file, but got init_from='{path}'")
     state = safe_load(path, map_location="cpu", what="init_from")
-    model.load_state_dict(state["model"] if isinstance(state, dict) and "model" in state else state)
+    try:
+        model.load_state_dict(state["model"] if isinstance(state, dict) and "model" in state
+                              else state)
+    except (RuntimeError, TypeError, AttributeError) as e:  # another architecture, or no weights
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        detail = " ".join(ln.strip() for ln in str(e).splitlines()[1:3])[:200]
+        raise UnsafeCheckpointError(f"init_from {str(path)!r} must hold weights of this model, but "
+                                    f"they do not fit: {first} {detail}".rstrip()) from None

@@ -47,6 +47,19 @@ def test_init_from_a_crafted_file_is_refused_unrun(tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("stetune train: error: init_from") and str(evil) in last
     assert "Traceback" not in out.stderr and not marker.exists()
+    # the reason torch refused it, not torch's advice to load it unsafely
+    assert "GLOBAL" in last and "weights_only` set to `False`" not in last, last
+
+
+def test_init_from_weights_of_another_model_is_one_line(tmp_path):
+    import torch
+
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "other.pt")
+    out = _train("--init-from", str(tmp_path / "other.pt"), cwd=tmp_path)
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert last.startswith(f"stetune train: error: init_from '{tmp_path / 'other.pt'}' must hold "
+                           f"weights of this model, but they do not fit: ") and "Missing key" in last
 
 
 def test_a_crafted_checkpoint_in_the_checkpoint_dir_is_refused_unrun(tmp_path):

@@ -111,11 +111,12 @@ def _load(args, command: str):
                 print(f"stetune {command}: note: {w.message}", file=sys.stderr)
         return data
     except (LookupError, AnalysisError, SpecError) as e:
-        print(f"stetune {command}: error: {e}", file=sys.stderr)
+        print(redact(f"stetune {command}: error: {e}"), file=sys.stderr)
     except MlflowException as e:  # e.g. 401 from a server with auth: say where and why, briefly
-        print(f"stetune {command}: error: MLflow at {redact(args.tracking_uri or '(spec.json)')}: "
-              f"{str(e).splitlines()[0]} (credentials: MLFLOW_TRACKING_USERNAME and "
-              f"MLFLOW_TRACKING_PASSWORD)", file=sys.stderr)
+        # MLflow's text holds the request URL, with any password in it: mask the whole line
+        print(redact(f"stetune {command}: error: MLflow at {args.tracking_uri or '(spec.json)'}: "
+                     f"{str(e).splitlines()[0]} (credentials: MLFLOW_TRACKING_USERNAME and "
+                     f"MLFLOW_TRACKING_PASSWORD)"), file=sys.stderr)
     return None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ from stetune.spec import SweepSpec
 from stetune.spec.load import apply_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
+RETRIES_TAG = "stetune.retries"  # set by the tracking callback when Tune restarts a crashed trial
 
 
 def small_spec(tmp_path: Path, name: str, sets: list[str] = (), tracking_uri: str | None = None) -> SweepSpec:
@@ -43,8 +46,11 @@ def sweep_runs(spec: SweepSpec):
 
 
 def check_one_run_per_trial(spec: SweepSpec, n_search: int, n_replicate: int,
-                            statuses=("finished", "pruned", "diverged")) -> list:
-    """One finished parent; one finished child per trial, each with epochs 1..last exactly once."""
+                            statuses=("finished", "pruned", "diverged"),
+                            retries: bool = False) -> list:
+    """One finished parent; one finished child per trial, each with epochs 1..last exactly once;
+    and no trial retried unless `retries`: max_failures would otherwise hide a crash that the
+    retry happened to get past."""
     client, parents, children = sweep_runs(spec)
     assert len(parents) == 1, [p.info.run_name for p in parents]
     parent = parents[0]
@@ -67,7 +73,60 @@ def check_one_run_per_trial(spec: SweepSpec, n_search: int, n_replicate: int,
             assert sorted(steps) == list(range(1, last + 1)), (name, key, steps)  # no gap, no dup
         assert "node_id" not in c.data.metrics  # a tag, not a metric
         assert c.data.params["ste"] == c.data.tags["stetune.ste"]
+    # Tune's own count (its experiment state) must be what the run says, so a retry the tracker
+    # failed to record is caught too
+    tagged = {c.data.tags["stetune.trial_id"]: int(c.data.tags.get(RETRIES_TAG, 0))
+              for c in children}
+    assert tagged == tune_failures(spec), (tagged, tune_failures(spec))
+    if not retries:
+        retried = {k: n for k, n in tagged.items() if n}
+        assert not retried, f"trials retried after a crash (times): {retried}"
     return children
+
+
+def tune_failures(spec: SweepSpec) -> dict[str, int]:
+    """{'<phase>-<trial id>': times Tune restarted the trial after a crash}, from each phase's
+    newest experiment state: Tune's record, independent of what the tracker logged."""
+    out = {}
+    for phase_dir in sorted(p for p in spec.sweep_dir().iterdir() if p.is_dir()):
+        states = sorted(phase_dir.glob("experiment_state-*.json"))
+        if not states:
+            continue
+        for trial_json, meta_json in json.loads(states[-1].read_text())["trial_data"]:
+            trial_id = json.loads(trial_json)["trial_id"]
+            out[f"{phase_dir.name}-{trial_id}"] = json.loads(meta_json)["num_failures"]
+    return out
+
+
+def check_replicates_are_best(spec: SweepSpec) -> int:
+    """Each cell's replicate runs (one per seed) carry exactly the params, all but the seed, of
+    the cell's best search trial as the code defines it (kinds/network._best_per_cell): among
+    the trials that ran every epoch (not pruned, diverged or failed), the best final
+    <metric> by the spec's mode; a tie accepts any of the tied trials. Returns how many cells
+    had a single best trial whose params differ from another search trial's: there, replicating
+    any other trial fails this check."""
+    _, _, children = sweep_runs(spec)
+    sign, key = (1 if spec.mode == "max" else -1), f"final/{spec.metric}"
+    tuned = lambda run: {k: v for k, v in run.data.params.items() if k != "seed"}  # noqa: E731
+    discriminating = 0
+    for cell in sorted({c.data.tags["stetune.cell"] for c in children}):
+        mine = [c for c in children if c.data.tags["stetune.cell"] == cell]
+        search = [c for c in mine if c.data.tags["stetune.phase"] == "search"]
+        reps = [c for c in mine if c.data.tags["stetune.phase"] == "replicate"]
+        done = [c for c in search if c.data.tags["stetune.status"] == "finished"
+                and math.isfinite(c.data.metrics.get(key, math.nan))]
+        if not done:  # nothing fully trained: nothing to replicate
+            assert not reps, (cell, [tuned(r) for r in reps])
+            continue
+        best = max(sign * c.data.metrics[key] for c in done)
+        want = [tuned(c) for c in done if sign * c.data.metrics[key] == best]
+        seeds = sorted(int(r.data.params["seed"]) for r in reps)
+        assert seeds == sorted(spec.replicates.seeds), (cell, seeds)
+        for r in reps:
+            assert tuned(r) in want, f"{cell}: replicated {tuned(r)}, but the best is {want}"
+        if len(want) == 1 and any(tuned(c) != want[0] for c in search):
+            discriminating += 1
+    return discriminating
 
 
 def cli(*args, env=None) -> subprocess.Popen:

@@ -8,6 +8,7 @@ import math
 import shutil
 import statistics
 import subprocess
+import urllib.parse
 import warnings
 
 import pytest
@@ -20,11 +21,25 @@ from stetune.export import curves_figure
 from stetune.stability import count_spikes
 from stetune.sweep import run_sweep
 from stetune.tracking import SweepTracker
-from sweep_helpers import small_spec, sweep_runs
+from service_helpers import free_ports
+from sweep_helpers import check_one_run_per_trial, check_replicates_are_best, small_spec, sweep_runs
 
 pytestmark = pytest.mark.slow
 
 STES = ("identity", "clipped_relu")
+# a password with '@', ':', '/' and '%' in it; in a URL, %-escaped (requests sends it as basic
+# auth, which the test server ignores): no output may hold it in either form
+SECRET = "p@ss:w/rd%"
+ESCAPED = urllib.parse.quote(SECRET, safe="")
+
+
+def with_password(url: str, password: str = ESCAPED) -> str:
+    return url.replace("http://", f"http://alice:{password}@")
+
+
+def assert_no_password(text: str, where: str) -> None:
+    for form in (SECRET, ESCAPED, "ss:w/rd", "p%40ss"):
+        assert form not in text, f"the password ({form!r}) is readable in {where}"
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +66,12 @@ def _best_val_acc(client, run_id):
 
 def test_cell_table_matches_the_mlflow_runs(swept):
     spec, data = swept
+    check_one_run_per_trial(spec, n_search=4 * 3, n_replicate=4 * 2)  # and none retried
     client, _, children = sweep_runs(spec)
     assert len(data.runs) == len(children) == 4 * 3 + 4 * 2
+    # mode max: each cell's replicates are its best finished search trial's lr (diverged ones
+    # never count); where the cell's two finite lrs differ, replicating the other fails
+    assert check_replicates_are_best(spec) >= 1
     cells = cell_table(data)
     assert sorted(cells["cell"]) == sorted(f"{s}/{b}" for s in STES for b in (2, 4))
     for row in cells.itertuples():
@@ -123,11 +142,19 @@ def test_export_all_three_formats_through_the_cli(swept, tmp_path, capsys):
     assert (tmp_path / "doc.pdf").stat().st_size > 1000
 
 
-def test_analyze_writes_the_report_and_logs_it_to_the_parent_run(swept, tmp_path):
+def test_analyze_writes_the_report_and_logs_it_to_the_parent_run(swept, tmp_path, capsys):
     spec, data = swept
     out = tmp_path / "report"
-    assert main(["analyze", spec.name, "--tracking-uri", data.tracking_uri, "--out", str(out)]) == 0
+    # the URI as a user may pass it, with their password: shown as alice:*** wherever it appears
+    assert main(["analyze", spec.name, "--tracking-uri", with_password(data.tracking_uri),
+                 "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
+    masked = data.tracking_uri.replace("http://", "http://alice:***@")
+    assert f"- tracking: `{masked}`, experiment" in report
+    printed = capsys.readouterr()
+    for f in out.iterdir():
+        assert_no_password(f.read_bytes().decode("latin1"), f.name)
+    assert_no_password(printed.out + printed.err, "the command's output")
     assert "## Table 1" in report and "## Stability per cell" in report and "**Rule.**" in report
     assert "![curves](curves.png)" in report
     png = (out / "curves.png").read_bytes()
@@ -140,6 +167,31 @@ def test_analyze_writes_the_report_and_logs_it_to_the_parent_run(swept, tmp_path
     client = MlflowClient(data.tracking_uri)
     logged = {a.path for a in client.list_artifacts(data.parent_run_id, "analysis")}
     assert {"analysis/report.md", "analysis/curves.png", "analysis/table1.tex"} <= logged
+    copy = client.download_artifacts(data.parent_run_id, "analysis/report.md", str(tmp_path))
+    assert open(copy).read() == report  # the logged report is the masked one
+
+
+def test_an_analyze_error_naming_the_uri_masks_its_password(swept, tmp_path, capsys):
+    _, data = swept
+    assert main(["analyze", "nope", "--tracking-uri", with_password(data.tracking_uri),
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    masked = data.tracking_uri.replace("http://", "http://alice:***@")
+    assert f"no experiment 'nope' at {masked}" in err, err
+    assert_no_password(err, "the error")
+
+
+def test_an_unreachable_servers_error_masks_the_password(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once
+    (port,) = free_ports(1)  # nothing listens there
+    url = f"http://127.0.0.1:{port}"
+    # escaped: a connection error; raw: a URL requests refuses. Either way MLflow's message
+    # quotes the URL it was given
+    for uri in (with_password(url), with_password(url, SECRET)):
+        assert main(["analyze", "x", "--tracking-uri", uri, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"MLflow at http://alice:***@127.0.0.1:{port}" in err, err
+        assert_no_password(err, "the error")
 
 
 def test_unknown_and_empty_sweeps_are_clear_errors(swept, tmp_path, capsys):

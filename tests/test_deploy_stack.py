@@ -200,7 +200,11 @@ def test_submit_to_the_stack_logs_everything_to_authenticated_mlflow(stack):
     # the client: the Ray token only, no MLflow credentials
     client_env = {k: v for k, v in base_env(RAY_AUTH_TOKEN=s["ray_token"]).items()
                   if not k.startswith("MLFLOW_")}
-    sets = [f"name={NAME}", f"storage={s['tmp'] / 'runs'}", f"mlflow.tracking_uri={s['mlflow']}",
+    # the URI as a user writes it, with the driver's password: submit must ship none of it (the
+    # cluster's driver has its own credentials), so the checks below that no secret is readable
+    # anywhere have one to find
+    with_password = s["mlflow"].replace("http://", f"http://{s['driver']}:{s['driver_password']}@")
+    sets = [f"name={NAME}", f"storage={s['tmp'] / 'runs'}", f"mlflow.tracking_uri={with_password}",
             "train.epochs=1", "train.limit=256", "budget.trials_per_cell=1",
             "replicates.seeds=[]", "cells.bits=[2]"]
     sub = subprocess.run([sys.executable, "-m", "stetune.cli", "submit", "sweeps/quickstart.yaml",
@@ -279,7 +283,17 @@ def test_submit_to_the_stack_logs_everything_to_authenticated_mlflow(stack):
     code, job_json = http_get(f"{s['ray']}/api/jobs/{job_id}", s["ray_token"])
     readable = {"params/tags": "\n".join(values), "spec.yaml": spec_yaml,
                 "job record (runtime_env, metadata, entrypoint)": job_json, "job logs": logs,
-                "mlflow server log": s["mlflow_log"].read_text(errors="replace")}
+                "mlflow server log": s["mlflow_log"].read_text(errors="replace"),
+                "submit's output": sub.stdout + sub.stderr}
+    # on the cluster: the sweep's storage (spec.json, sweep.json, Tune's state), the job's
+    # unpacked working dir (the submitted sweep.yaml) and the artifacts MLflow stored
+    shipped = list(s["tmp"].glob("ray*/session_*/runtime_resources/working_dir_files/*/sweep.yaml"))
+    assert shipped, "the submitted sweep.yaml was not found on the cluster"
+    assert (s["tmp"] / "runs" / NAME / "spec.json").is_file()
+    for root in (s["tmp"] / "runs", s["tmp"] / "artifacts"):
+        shipped += [f for f in root.rglob("*") if f.is_file()]
+    for f in shipped:
+        readable[str(f.relative_to(s["tmp"]))] = f.read_bytes().decode("latin1")
     for secret_name in ("admin_password", "driver_password", "ray_token", "flask_key"):
         for where, text in readable.items():
             assert s[secret_name] not in text, f"{secret_name} readable in the {where}"

@@ -42,7 +42,8 @@ def _resume(spec) -> None:
     assert rc == 0, err[-4000:]
     state = json.loads((spec.sweep_dir() / "sweep.json").read_text())
     assert {"search", "replicate"} <= set(state) and "failed" not in state
-    check_one_run_per_trial(spec, n_search=2, n_replicate=1, statuses=("finished",))
+    # retries allowed: a trial that failed writing its checkpoint to the full disk is retried
+    check_one_run_per_trial(spec, n_search=2, n_replicate=1, statuses=("finished",), retries=True)
 
 
 def _fill(disk) -> None:

@@ -1,12 +1,17 @@
-"""CellSearcher: every cell gets exactly its budget, each from its own seeded TPE."""
+"""CellSearcher: every cell gets exactly its budget, each from its own seeded TPE. CellASHA:
+each cell's trials are stopped by comparison with the same cell's trials only."""
 
 import pickle
 
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
 from stetune.spec.sweep import Param
-from stetune.sweep.cells import CellSearcher
+from stetune.sweep.cells import CellASHA, CellSearcher
 from stetune.sweep.kinds.base import cell_key
+
+GO, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
 CELLS = [("identity", 2), ("relu", 2), ("clipped_relu", 4)]
 SEARCH = {"lr": Param("loguniform", 0.01, 0.1)}
@@ -51,3 +56,57 @@ def test_seeded_and_restorable(tmp_path):
     rest = _drain(restored, start=4)
     assert len(first) + len(rest) == 9
     pickle.dumps(restored)  # Tune pickles it with the experiment state
+
+
+def _trials(cell: str, n: int) -> list[Trial]:
+    # Tune's own Trial objects, as the controller hands them to the scheduler (stub: no Ray)
+    return [Trial("trial_fn", config={"cfg": {"cell": cell}}, trial_id=f"{cell}-{i}", stub=True)
+            for i in range(n)]
+
+
+def test_cell_asha_stops_a_trial_only_against_its_own_cell(tmp_path):
+    """ASHA's rule (reduction factor 2): at a rung, a trial stops when it is below the median of
+    the values trials reached that rung with before it. Interleaved results of a strong cell
+    (val_acc ~0.8) and a weak one (~0.2): each cell is judged against itself."""
+    s = CellASHA("val_acc", "max", max_t=4, grace_period=1, reduction_factor=2)
+    good, bad = _trials("relu/4", 3), _trials("relu/1", 3)
+    for t in good + bad:
+        s.on_trial_add(None, t)
+
+    def step(t, it, v):  # the scheduler `s` is now, restored ones included
+        return s.on_trial_result(None, t, {"training_iteration": it, "val_acc": v})
+
+    assert step(good[0], 1, 0.90) == GO
+    assert step(good[1], 1, 0.80) == STOP  # below its cell's 0.90
+    # the weak cell's first result at the rung is far below the strong cell's, but the first of
+    # its cell: a shared ASHA (cutoff 0.85) would stop it
+    assert step(bad[0], 1, 0.20) == GO
+    assert step(bad[1], 1, 0.30) == GO  # above its cell's 0.20
+    assert step(bad[2], 1, 0.10) == STOP  # below its cell's median 0.25
+    # the weak cell's values do not lower the strong cell's bar: 0.82 is below 0.85 (the median
+    # of 0.90 and 0.80), though above the median of all five results so far (0.30)
+    assert step(good[2], 1, 0.82) == STOP
+    # saved with the experiment and restored: each cell's rungs go on where they were
+    s.save(str(tmp_path / "asha.pkl"))
+    s = CellASHA("val_acc", "max", max_t=4, grace_period=1, reduction_factor=2)
+    s.restore(str(tmp_path / "asha.pkl"))
+    assert step(good[0], 2, 0.95) == GO
+    assert step(bad[0], 2, 0.40) == GO  # first of its cell at rung 2, whatever 0.95 is
+    assert step(bad[1], 2, 0.35) == STOP  # below its cell's 0.40
+    assert step(good[0], 4, 0.97) == STOP  # max_t: done
+    assert "relu/1 stopped" in s.debug_string() and "relu/4 stopped" in s.debug_string()
+
+
+def test_cell_asha_mode_min_stops_the_higher_loss_within_a_cell():
+    s = CellASHA("val_loss", "min", max_t=3, grace_period=1, reduction_factor=2)
+    low, high = _trials("relu/4", 2), _trials("relu/1", 2)
+    for t in low + high:
+        s.on_trial_add(None, t)
+
+    def step(t, v):
+        return s.on_trial_result(None, t, {"training_iteration": 1, "val_loss": v})
+
+    assert step(low[0], 0.5) == GO
+    assert step(high[0], 2.0) == GO  # four times the other cell's loss: first of its own
+    assert step(high[1], 1.9) == GO  # lower than its cell's 2.0
+    assert step(low[1], 0.6) == STOP  # higher than its cell's 0.5

@@ -122,6 +122,13 @@ class TrackingCallback(Callback):
             torch.save({"model": state["model"], "spec": state["spec"]}, out)
             self.tracker.log_trial_artifact(key, str(out), str(Path(WEIGHTS_ARTIFACT).parent))
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # a crash Tune retries (max_failures) leaves the run looking clean otherwise: say how
+        # many times this trial was restarted from its last checkpoint (its run may not exist
+        # yet when its actor failed to start: trial_run makes it, or finds it, first)
+        self.on_trial_start(iteration, trials, trial)
+        self.tracker.tag_trial(self.key(trial), {"stetune.retries": trial.num_failures})
+
     def on_trial_error(self, iteration, trials, trial, **info):
         self._checkpoints.pop(self.key(trial), None)
         self.tracker.end_trial(self.key(trial), "failed",

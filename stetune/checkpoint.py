@@ -45,7 +45,7 @@ def safe_load(path: str | os.PathLike, map_location=None, what: str = "checkpoin
         return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
-        # torch's first paragraph suggests weights_only=False (never here); the next line says
+        # torch's first paragraph suggests loading it unsafely (never here); the next line says
         # why it refused ("Trying to load unsupported GLOBAL posix.system ...")
         if lines[0].startswith("Weights only load failed") and len(lines) > 1:
             lines = lines[1:]

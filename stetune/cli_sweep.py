@@ -163,7 +163,9 @@ def _interrupted(command: str, spec, e) -> int:
 
     how = (f"continue with `stetune resume {spec.name} --storage {spec.storage}`"
            if get_kind(spec.kind).resumable else "run it again under another name")
-    print(f"stetune {command}: {e}; its MLflow runs are ended KILLED; {how}", file=sys.stderr)
+    # what could not be ended (a dead server, a full disk) replaces the claim that it was
+    ended = "; ".join(getattr(e, "__notes__", [])) or "its MLflow runs are ended KILLED"
+    print(f"stetune {command}: {e}; {ended}; {how}", file=sys.stderr)
     return 128 + e.signum
 
 

@@ -143,8 +143,11 @@ def _fault(spec, e: BaseException) -> str:
 
     go_on = (f"run `stetune resume {spec.name} --storage {spec.storage}`"
              if get_kind(spec.kind).resumable else "run the spec again under another name")
-    if getattr(e, "errno", None) == errno.ENOSPC or "disk is full" in str(e):
-        return f"disk full ({gist(e)}); free space, then {go_on}"
+    # pyarrow (Tune's storage) and sqlite say it in words, without an errno
+    if getattr(e, "errno", None) == errno.ENOSPC or any(
+            words in str(e) for words in ("No space left on device", "disk is full")):
+        why = "sqlite: database or disk is full" if "disk is full" in str(e) else gist(e)
+        return f"disk full ({why}); free space, then {go_on}"
     if isinstance(e, OSError):
         return f"{gist(e)}; fix it, then {go_on}"
     uri = spec.resolved_tracking_uri()

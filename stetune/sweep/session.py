@@ -4,6 +4,7 @@ MLflow parent run, and a Ray connection. Every kind's phases run inside one Sess
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -162,6 +163,9 @@ def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int
         (root / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
         save_state(spec, state)
         register_tracker(tracker, uri, experiment, spec.name)
+        # Tune reports a trial's error (our summary names it); Ray would print it once more at
+        # exit, after the sweep's one last line
+        os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
         if not ray.is_initialized():
             # "local" always starts a fresh Ray here: a bare init() would join whatever cluster
             # /tmp/ray/ray_current_cluster points at, even a dead one

@@ -11,7 +11,7 @@ import json
 import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,7 @@ class SweepData:
     spec: dict                # the parent run's params (the flattened, redacted spec)
     runs: pd.DataFrame        # one row per trial run
     history: pd.DataFrame     # one row per (trial run, epoch)
+    tags: dict = field(default_factory=dict)  # the parent run's tags (e.g. the Optuna storage)
 
     @property
     def running(self) -> bool:
@@ -105,10 +106,16 @@ def _finite(x: float) -> float:
     return math.copysign(math.inf, x) if abs(x) >= _HUGE else x
 
 
+# the per-epoch lr is logged as schedule/lr (the param `lr` is the initial one); older sweeps: lr
+_LOGGED_AS = {"lr": ("schedule/lr", "lr")}
+
+
 def _history(client: MlflowClient, run_id: str) -> list[dict]:
     rows: dict[int, dict] = {}
     for key in HISTORY_KEYS:
-        for m in client.get_metric_history(run_id, key):
+        names = _LOGGED_AS.get(key, (key,))
+        points = next((h for n in names if (h := client.get_metric_history(run_id, n))), [])
+        for m in points:
             rows.setdefault(int(m.step), {"run_id": run_id, "epoch": int(m.step)})[key] = _finite(m.value)
     return [rows[s] for s in sorted(rows)]
 
@@ -166,7 +173,7 @@ def load_sweep(name: str, tracking_uri: str, experiment: str | None = None) -> S
     history = pd.DataFrame(hist, columns=["run_id", "epoch", *HISTORY_KEYS, "phase", "ste", "bits",
                                           "seed", "cell", "status"])
     data = SweepData(name, tracking_uri, experiment, parent.info.run_id, parent.info.status, params,
-                     runs, history)
+                     runs, history, dict(parent.data.tags))
     if data.running:
         done = int((runs["status"] != "running").sum())
         warnings.warn(f"sweep {name!r} is still running: analysing the {done} of {len(runs)} "

@@ -1,5 +1,6 @@
 """The `stetune` command: train, bench, bench-sweep and theory here; sweep, resume, submit,
-status, logs and schema in cli_sweep; analyze and export in cli_analysis."""
+status, logs and schema in cli_sweep; list and show in cli_show; analyze and export in
+cli_analysis."""
 
 from __future__ import annotations
 
@@ -198,12 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"stetune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from .cli_analysis import add_parsers as add_analysis
+    from .cli_show import add_parsers as add_show
     from .cli_sweep import add_parsers as add_sweep
     from .theory.cli import add_parser as add_theory
 
     _add_train(sub)
     _add_bench(sub)
     add_sweep(sub)
+    add_show(sub)
     _add_bench_sweep(sub)
     add_analysis(sub)
     add_theory(sub)

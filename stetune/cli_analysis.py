@@ -132,7 +132,11 @@ def _run_analyze(args) -> int:
     out = Path(args.out) if args.out else Path(args.storage) / args.name / "analysis"
     files = write_report(data, out, rule)
     if not args.no_log:
-        log_sweep_artifacts(data.tracking_uri, data.parent_run_id, files, "analysis")
+        for sub in sorted({f.parent for f in files}):  # optuna/ keeps its folder there too
+            rel = sub.relative_to(out).as_posix()
+            log_sweep_artifacts(data.tracking_uri, data.parent_run_id,
+                                [f for f in files if f.parent == sub],
+                                "analysis" if rel == "." else f"analysis/{rel}")
     print((out / "report.md").read_text())
     print(f"wrote {', '.join(str(f) for f in files)}"
           + ("" if args.no_log else f"; logged to run {data.parent_run_id} under analysis/"),

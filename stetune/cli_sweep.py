@@ -30,16 +30,17 @@ def _add_sweep(sub) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set epochs=2 --set budget.trials_per_cell=1")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--quiet", action="store_true", help="no Ray progress table")
+    _add_output(p)
     p.set_defaults(func=_run_sweep)
 
     r = sub.add_parser("resume", help="resume an interrupted sweep by name",
                        description="Restore an interrupted sweep (trials, searcher state, "
-                                   "checkpoints) and run it to the end; MLflow runs are reused.")
+                                   "checkpoints) and run it to the end; MLflow runs are reused. "
+                                   "A complete sweep: its summary, without starting Ray.")
     r.add_argument("name", help="the sweep's name")
     r.add_argument("--storage", default="runs", help="the sweep's storage directory")
     r.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-    r.add_argument("--quiet", action="store_true", help="no Ray progress table")
+    _add_output(r)
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="change a field of the saved spec (needs --allow-spec-change)")
     r.add_argument("--allow-spec-change", action="store_true",
@@ -64,6 +65,25 @@ def _add_sweep(sub) -> None:
         q.set_defaults(func=_run_job_query, query=name)
 
 
+def _add_output(p) -> None:
+    """How much `sweep`/`resume` print, and --json (the exit code stays the same)."""
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--quiet", action="store_true", help="print only the summary at the end "
+                                                          "(default: stetune's progress display)")
+    how.add_argument("-v", "--verbose", action="count", default=0,
+                     help="-v: also Ray's progress tables and library INFO logs; -vv: also the "
+                          "workers' output")
+    p.add_argument("--json", action="store_true",
+                   help="standard output holds only one JSON document at the end (name, kind, "
+                        "status, tracking URI, per-cell rows, failed trials, exit code); "
+                        "everything else goes to standard error")
+
+
+def _verbosity(args) -> int:
+    # the session's levels: 0 the summary only, 1 stetune's display, 2 + Ray's, 3 + workers'
+    return 0 if args.quiet else 1 + min(args.verbose, 2)
+
+
 def _load_spec(path: str, sets: list[str], command: str):
     from .spec import SpecError, load_sweep_spec
 
@@ -74,11 +94,11 @@ def _load_spec(path: str, sets: list[str], command: str):
         return None
 
 
-def _finish_sweep(spec, state: dict) -> int:
+def _finish_sweep(spec, state: dict, storage: str | None = None) -> int:
     from .sweep.kinds import get_kind
 
     print("\n" + get_kind(spec.kind).summary(spec, state))
-    _browse(spec)
+    _browse(spec, storage)
     failed = [f"{phase}: {t}" for phase, trials in state.get("failed", {}).items() for t in trials]
     if failed:  # a failed trial is a hole in the results (diverged ones are results)
         print(f"stetune: {len(failed)} trial(s) failed: {'; '.join(failed)}", file=sys.stderr)
@@ -86,21 +106,32 @@ def _finish_sweep(spec, state: dict) -> int:
     return 0
 
 
-def _browse(spec) -> int:
-    from .naming import redact
+def _browse(spec, storage: str | None = None) -> int:
+    from .cli_show import next_commands
 
-    uri = redact(spec.resolved_tracking_uri())  # stdout ends up in job logs: no password
-    ui = (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:")
-          else f"open {uri} in a browser")
-    print(f"\nbrowse it: {ui}   (experiment '{spec.resolved_experiment()}')")
+    # MLflow, analyze, export; the URI redacted: stdout ends up in job logs
+    print("\n" + "\n".join(next_commands(spec, spec.sweep_dir(), storage or spec.storage)))
     return 0
 
 
 def _run_sweep(args) -> int:
-    spec = _load_spec(args.spec, args.sets, "sweep")
-    if spec is None:
-        return 2
-    return _drive("sweep", spec, address=args.address, verbose=0 if args.quiet else 1)
+    from .cli_show import human_to_stderr
+
+    with human_to_stderr(args.json):
+        spec = _load_spec(args.spec, args.sets, "sweep")
+        code = 2 if spec is None else _drive("sweep", spec, address=args.address,
+                                             verbose=_verbosity(args))
+    return _emit(args, getattr(spec, "name", None), spec, code)
+
+
+def _emit(args, name: str | None, spec, code: int) -> int:
+    """With --json, the document on stdout (the sweep as it is on disk now); the code as it is."""
+    if args.json:
+        from .cli_show import document, print_document
+
+        print_document(document(name, spec, spec.sweep_dir() if spec is not None else None,
+                                code))
+    return code
 
 
 def _drive(command: str, spec, **kw) -> int:
@@ -109,14 +140,16 @@ def _drive(command: str, spec, **kw) -> int:
     from .checkpoint import UnsafeCheckpointError
     from .store import StoreUnusable, TrackingUnreachable
     from .sweep import run_sweep
-    from .sweep.session import StorageError, SweepInterrupted, SweepStateError
+    from .sweep.phase import DataUnavailable
+    from .sweep.session import ClusterUnreachable, StorageError, SweepInterrupted, SweepStateError
     from .tracking import STORE_ERRORS, TrackingConflict, TrackingStateError
 
     try:
         state = run_sweep(spec, **kw)
     except (FileExistsError, UnsafeCheckpointError, TrackingConflict, StorageError) as e:
         return _fail(command, e, 2)  # incl. SweepLocked, SpecChanged
-    except (TrackingUnreachable, StoreUnusable, SweepStateError, TrackingStateError) as e:
+    except (TrackingUnreachable, StoreUnusable, SweepStateError, TrackingStateError,
+            ClusterUnreachable, DataUnavailable) as e:  # nothing made, or nothing changed
         return _fail(command, e, 1)
     except SweepInterrupted as e:
         return _interrupted(command, spec, e)
@@ -173,8 +206,19 @@ def _interrupted(command: str, spec, e) -> int:
 
 
 def _run_resume(args) -> int:
+    from .cli_show import human_to_stderr
+
+    with human_to_stderr(args.json):
+        spec, code = _resume(args)
+    return _emit(args, args.name, spec, code)
+
+
+def _resume(args):
+    """(the saved spec, or None where there is none, and the exit code)."""
+    import dataclasses
     from pathlib import Path
 
+    from .cli_show import complete, read_state
     from .spec import SpecError, apply_overrides, spec_from_dict
     from .sweep.kinds import get_kind
 
@@ -182,23 +226,31 @@ def _run_resume(args) -> int:
     if not saved.exists():
         print(f"stetune resume: error: no sweep named '{args.name}' in {saved.parent.parent}",
               file=sys.stderr)
-        return 2
+        return None, 2
     try:
         spec = spec_from_dict(apply_overrides(json.loads(saved.read_text()), args.sets))
     except SpecError as e:
         print(f"stetune resume: error: {saved}: {e}", file=sys.stderr)
-        return 2
+        return None, 2
     except (ValueError, UnicodeDecodeError, OSError) as e:  # not JSON: damaged, or not ours
         print(f"stetune resume: error: {saved} cannot be read as the sweep's saved spec "
               f"({type(e).__name__}: {str(e)[:120]}); run the spec again under another name",
               file=sys.stderr)
-        return 1
-    if not get_kind(spec.kind).resumable:  # short grids: rerunning them is the resume
+        return None, 1
+    kind = get_kind(spec.kind)
+    if not kind.resumable:  # short grids: rerunning them is the resume
         print(f"stetune resume: error: {spec.kind} sweeps cannot be resumed; run the spec again "
               f"under another name (or delete {Path(args.storage) / args.name})", file=sys.stderr)
-        return 2
-    return _drive("resume", spec, address=args.address, resume=True,
-                  verbose=0 if args.quiet else 1, allow_spec_change=args.allow_spec_change)
+        return spec, 2
+    state = read_state(saved.parent)
+    # nothing left to run: no Ray, no MLflow. A --set goes on below, where a changed spec is
+    # refused or recorded; an unreadable sweep.json too, where its error is said
+    if not args.sets and complete(state, kind):
+        spec = dataclasses.replace(spec, storage=str(saved.parent.parent))  # where it was found
+        print(f"sweep '{args.name}' is complete; nothing to resume")
+        return spec, _finish_sweep(spec, state, args.storage)
+    return spec, _drive("resume", spec, address=args.address, resume=True,
+                        verbose=_verbosity(args), allow_spec_change=args.allow_spec_change)
 
 
 def _run_submit(args) -> int:

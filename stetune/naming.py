@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 __all__ = ["gist", "default_tracking_uri", "split_credentials", "redact", "flatten", "quote",
-           "metric_key", "TRIAL_STATUSES", "WEIGHTS_ARTIFACT", "MASK", "is_secret_key"]
+           "metric_key", "run_name", "as_float", "TRIAL_STATUSES", "WEIGHTS_ARTIFACT", "MASK", "is_secret_key"]
 
 # Trial status -> MLflow run status. Diverged and pruned trials ran to a decision, so they are
 # FINISHED in MLflow; the stetune.status tag keeps the distinction. skipped: nothing to run;
@@ -109,3 +109,37 @@ def gist(e: BaseException) -> str:
         return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
     text = str(e).strip().splitlines()
     return text[0][:200] if text else type(e).__name__
+
+
+_NAMED_ELSEWHERE = ("ste", "bits", "seed")  # in the cell part, or said as "seed N"
+
+
+def run_name(cfg: dict, status: str | None = None, epoch: int | None = None) -> str:
+    """What a trial run is, at a glance in MLflow's runs table: 'relu/4b lr=0.065 · search',
+    'relu/4b lr=0.065 seed 1 · replicate'; 'pruned@2 · ...' once it ended early."""
+    p = cfg.get("params", {})
+    bits = p.get("bits")
+    cell = ("float" if cfg.get("phase") == "pretrain" and bits == "float"  # one per sweep
+            else f"{p['ste']}/{bits}b" if isinstance(bits, int) and "ste" in p
+            else f"{p['ste']}/{bits}" if "ste" in p and bits is not None else cfg["cell"])
+    words = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+             for k, v in p.items() if k not in _NAMED_ELSEWHERE]
+    if cfg.get("phase") != "search" and p.get("seed") is not None:  # search trials share seed 0
+        words.append(f"seed {p['seed']}")
+    name = " ".join([cell, *words]) + f" · {cfg.get('phase', '?')}"
+    # first, so the runs table's narrow name column shows it
+    if status in ("pruned", "diverged") and epoch is not None:
+        name = f"{status}@{epoch} · {name}"
+    elif status in ("failed", "skipped"):
+        name = f"{status} · {name}"
+    return name[:MAX_KEY_LENGTH]
+
+
+def as_float(v) -> float | None:
+    """float for numbers (bools, numpy and 0-d torch scalars included); None for anything else."""
+    if isinstance(v, (str, bytes, dict, list, tuple)) or v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None

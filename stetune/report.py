@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from .analysis import StabilityRule, SweepData, cell_table, repulsion_table
-from .export import curves_figure, repulsion_figure, save_figure, table1
+from .export import curves_figure, plain_frame, repulsion_figure, save_figure, table1
 from .naming import redact
 
 __all__ = ["write_report", "caption"]
@@ -20,10 +20,14 @@ _CELL_COLUMNS = {"cell": "cell", "n": "n", "trials": "trials", "diverged": "dive
                  "reasons": "why"}
 
 
+# (size, file-name suffix): 7 in wide for a two-column figure* or a page, 3.3 in for one column
+_FIGURE_SIZES = (("double", ""), ("single", "-single"))
+
+
 def caption(data: SweepData) -> str:
-    # plain text: export escapes it for LaTeX
-    return (f"Training loss / validation accuracy (%) at each cell's best epoch, mean ± std over "
-            f"the n replicate seeds; best accuracy per row in bold. Sweep {data.name}.")
+    # plain text: export escapes it for LaTeX. Neutral (no sweep name): it goes into a paper as is
+    return ("Training loss / validation accuracy (%) at each cell's best epoch, mean ± std over "
+            "the n replicate seeds; best accuracy per row in bold.")
 
 
 def write_report(data: SweepData, out_dir: str | Path, rule: StabilityRule = StabilityRule()) -> list[Path]:
@@ -62,7 +66,7 @@ def _network(data: SweepData, out: Path, rule: StabilityRule) -> tuple[list[Path
         path.write_text(table1(cells, fmt, caption=caption(data), label=f"tab:{data.name}"))
         files.append(path)
     full = out / "cells.csv"
-    cells.to_csv(full, index=False)
+    plain_frame(cells).to_csv(full, index=False)   # params one column each, no Python reprs
     files.append(full)
 
     # the runs behind the table: finished replicates, or each cell's best search trial
@@ -73,9 +77,9 @@ def _network(data: SweepData, out: Path, rule: StabilityRule) -> tuple[list[Path
               "the runs behind Table 1 (replicates; each cell's best search trial where the "
               "sweep has no replicates)")
     figs = []
-    if not reps.empty:
-        figs = save_figure(curves_figure(reps, title=f"{data.name}: per-epoch curves per STE"),
-                           out / "curves")
+    if not reps.empty:   # both paper sizes; report.md shows the double-column one (figs[1])
+        for size, suffix in _FIGURE_SIZES:
+            figs += save_figure(curves_figure(reps, size=size), out / f"curves{suffix}")
         files += figs
 
     stab = cells[list(_CELL_COLUMNS)].rename(columns=_CELL_COLUMNS)
@@ -96,6 +100,31 @@ def _network(data: SweepData, out: Path, rule: StabilityRule) -> tuple[list[Path
     if figs:
         body += ["## Curves", "", f"Training loss and validation accuracy per epoch, from {source}.",
                  "", f"![curves]({figs[1].name})", ""]
+    search_files, search_body = _search(data, out, list(cells["cell"]))
+    return files + search_files, body + search_body
+
+
+def _search(data: SweepData, out: Path, cells: list[str]) -> tuple[list[Path], list[str]]:
+    """Per cell, Optuna's view of its search (the study the sweep persisted)."""
+    from .studies import load_studies, study_figures
+
+    studies, why = load_studies(data.tags.get("stetune.optuna_storage"), data.name, cells)
+    body = ["## Search (Optuna)", ""]
+    if not studies:
+        return [], body + [f"No per-cell Optuna study to show: {why or 'none found'}.", ""]
+    url = redact(data.tags["stetune.optuna_storage"])
+    body += [f"Each cell's study, from `{url}` (browse it: `optuna-dashboard {url}`): the "
+             f"optimisation history, and where more than one hyper-parameter was tuned, their "
+             f"importance and a parallel-coordinate view.", ""]
+    files: list[Path] = []
+    (out / "optuna").mkdir(exist_ok=True)
+    for cell, study in studies.items():
+        made = study_figures(study, out / "optuna", cell.replace("/", "-"))
+        files += made
+        states = [t.state.name.lower() for t in study.trials]
+        counts = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states)))
+        body += [f"### {cell}", "", f"{len(states)} trials ({counts}).", ""]
+        body += [f"![{p.stem}](optuna/{p.name})" for p in made if p.suffix == ".png"] + [""]
     return files, body
 
 
@@ -107,9 +136,10 @@ def _repulsion(data: SweepData, out: Path) -> tuple[list[Path], list[str]]:
     hist = data.history[(data.history["phase"] == "repulsion")
                         & data.history["status"].isin(["finished", "diverged"])]
     start = _start(data.spec)
-    figs = save_figure(repulsion_figure(hist, probe_epochs=probe,
-                                        title=f"{data.name}: continuing from the {start}"),
-                       out / "repulsion")
+    figs = []
+    for size, suffix in _FIGURE_SIZES:   # both paper sizes; report.md shows figs[1], the double
+        figs += save_figure(repulsion_figure(hist, probe_epochs=probe, size=size),
+                            out / f"repulsion{suffix}")
     show = rows[["ste", "seeds", "start_loss", "probe_loss", "ratio", "start_acc", "probe_acc",
                  "final_acc", "verdict"]].copy()
     show.insert(5, "ratio range (seeds)", [f"{lo:.3f} - {hi:.3f}" for lo, hi in

@@ -22,8 +22,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import (MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH,
                                      MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH)
 
-from .naming import (MASK, TRIAL_STATUSES, WEIGHTS_ARTIFACT, flatten, is_secret_key, metric_key,
-                     quote, redact)
+from .naming import (MASK, TRIAL_STATUSES, WEIGHTS_ARTIFACT, as_float, flatten, is_secret_key,
+                     metric_key, quote, redact)
 from .version import provenance_tags
 
 __all__ = ["SweepTracker", "TrackingConflict", "SpecChanged", "TrackingStateError", "STORE_ERRORS",
@@ -87,16 +87,6 @@ def _str_items(d: dict, limit: int) -> dict[str, str]:
     return out
 
 
-def _as_float(v) -> float | None:
-    """float for numbers (bools, numpy and 0-d torch scalars included); None for anything else."""
-    if isinstance(v, (str, bytes, dict, list, tuple)) or v is None:
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -149,6 +139,17 @@ class SweepTracker:
         self.experiment_id = self._get_or_create_experiment(experiment, artifact_location)
         self._parent_run_id: str | None = None
         self._trials: dict[str, _Trial] = {}
+        self._context: dict | None = None
+
+    @property
+    def context_tags(self) -> dict[str, str]:
+        """MLflow's own context tags (mlflow.user, mlflow.source.*) and stetune's provenance
+        (git commit, versions, host), set on every run the sweep makes."""
+        if self._context is None:
+            from mlflow.tracking.context.registry import resolve_tags
+
+            self._context = _str_items(resolve_tags(provenance_tags()), MAX_TAG_VAL_LENGTH)
+        return self._context
 
     def _get_or_create_experiment(self, name: str, artifact_location: str | None) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -193,7 +194,7 @@ class SweepTracker:
                 f"MLflow ({redact(self.tracking_uri)}, experiment {self.experiment!r}) holds no "
                 f"run of sweep {self.sweep_name!r}, which its saved state says it started: the "
                 f"store was replaced or emptied; restore it, or rerun the spec under another name")
-        tags = {**provenance_tags(), "stetune.sweep": self.sweep_name, "stetune.kind": "sweep"}
+        tags = {**self.context_tags, "stetune.sweep": self.sweep_name, "stetune.kind": "sweep"}
         params = _str_items(spec, MAX_PARAM_VAL_LENGTH)
         spec_file = "spec.yaml"
         if existing is None:
@@ -230,6 +231,18 @@ class SweepTracker:
         else:
             self.client.log_artifact(self.parent_run_id, local_path, artifact_path)
 
+    def tag_sweep(self, tags: dict) -> None:
+        self._log_batch(self.parent_run_id, tags=_str_items(tags, MAX_TAG_VAL_LENGTH))
+
+    def describe(self, text: str, metrics: dict | None = None) -> None:
+        """The parent run's description (MLflow's note, shown as Markdown on the run's page) and
+        the sweep's headline numbers as metrics (e.g. the best value per cell)."""
+        ts = _now_ms()
+        self._log_batch(self.parent_run_id,
+                        metrics=[Metric(metric_key(k), f, ts, 0) for k, v in (metrics or {}).items()
+                                 if (f := as_float(v)) is not None],
+                        tags={"mlflow.note.content": text[:MAX_TAG_VAL_LENGTH]})
+
     def end_sweep(self, status: str = "FINISHED") -> None:
         if status not in _SWEEP_STATUSES:
             raise ValueError(f"sweep status must be one of {_SWEEP_STATUSES}, got {status!r}")
@@ -245,7 +258,7 @@ class SweepTracker:
             order_by=["attributes.start_time ASC"])  # oldest first: the one a resume must reuse
         return runs[0] if runs else None
 
-    def trial_run(self, trial_id: str, *, params: dict, tags: dict) -> str:
+    def trial_run(self, trial_id: str, *, params: dict, tags: dict, name: str | None = None) -> str:
         trial_id = str(trial_id)
         cached = self._trials.get(trial_id)
         if cached is not None:
@@ -261,8 +274,9 @@ class SweepTracker:
         run = self._find_trial_run(trial_id)
         if run is None:
             run = self.client.create_run(
-                self.experiment_id, run_name=trial_id,
-                tags={"stetune.trial_id": trial_id, "mlflow.parentRunId": self.parent_run_id,
+                self.experiment_id, run_name=name or trial_id,
+                tags={**self.context_tags, "stetune.trial_id": trial_id,
+                      "mlflow.parentRunId": self.parent_run_id,
                       "stetune.sweep": self.sweep_name, "stetune.kind": "trial"})
             trial = _Trial(run.info.run_id, last_step=-math.inf)  # fresh run: nothing logged
             old_params, old_tags = {}, {}
@@ -289,10 +303,7 @@ class SweepTracker:
         """Delete this sweep's `phase` trial runs whose trial id is not in `keep`: runs opened by a
         driver that was killed before its experiment snapshot recorded the trial. The resumed
         sweep re-issues that work under new trial ids, so the orphan would be a duplicate."""
-        runs = self.client.search_runs(
-            [self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=50_000,
-            filter_string=(f"tags.`mlflow.parentRunId` = {quote(self.parent_run_id)} "
-                           f"and tags.`stetune.phase` = {quote(phase)}"))
+        runs = self._children(f"tags.`stetune.phase` = {quote(phase)}")
         dropped = [r.data.tags.get("stetune.trial_id", "") for r in runs
                    if r.data.tags.get("stetune.trial_id") not in keep]
         for r in runs:
@@ -303,10 +314,7 @@ class SweepTracker:
 
     def count_ended(self, phase: str) -> int:
         """How many of this sweep's `phase` trial runs have ended (are not RUNNING)."""
-        runs = self.client.search_runs(
-            [self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=50_000,
-            filter_string=(f"tags.`mlflow.parentRunId` = {quote(self.parent_run_id)} "
-                           f"and tags.`stetune.phase` = {quote(phase)}"))
+        runs = self._children(f"tags.`stetune.phase` = {quote(phase)}")
         return sum(r.info.status != "RUNNING" for r in runs)
 
     def end_open_trials(self, status: str) -> list[str]:
@@ -314,10 +322,7 @@ class SweepTracker:
         mid-phase: interrupted, or failed); returns their trial ids."""
         if self._parent_run_id is None:
             return []
-        runs = self.client.search_runs(
-            [self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=50_000,
-            filter_string=(f"tags.`mlflow.parentRunId` = {quote(self.parent_run_id)} "
-                           "and attributes.status = 'RUNNING'"))
+        runs = self._children("attributes.status = 'RUNNING'")
         ended = []
         for r in runs:
             trial_id = r.data.tags.get("stetune.trial_id", "")
@@ -328,6 +333,11 @@ class SweepTracker:
             ended.append(trial_id)
         return ended
 
+    def _children(self, where: str) -> list:
+        return self.client.search_runs(
+            [self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=50_000,
+            filter_string=f"tags.`mlflow.parentRunId` = {quote(self.parent_run_id)} and {where}")
+
     def _trial(self, trial_id: str) -> _Trial:
         trial_id = str(trial_id)
         trial = self._trials.get(trial_id)
@@ -337,9 +347,12 @@ class SweepTracker:
                 raise KeyError(f"no MLflow run for trial {trial_id!r}; call trial_run() first")
             trial = self._trials[trial_id] = _Trial(run.info.run_id, last_step=None,
                                                     ended=run.info.status != "RUNNING")
-        if trial.last_step is None:
-            history = self.client.get_metric_history(trial.run_id, "epoch")
-            trial.last_step = max((m.step for m in history), default=-math.inf)
+        if trial.last_step is None:  # every per-epoch key is logged in one batch: any shows it
+            keys = [k for k in self.client.get_run(trial.run_id).data.metrics
+                    if not k.startswith("final/")]
+            trial.last_step = max((m.step for k in keys
+                                   for m in self.client.get_metric_history(trial.run_id, k)),
+                                  default=-math.inf)
         return trial
 
     def log_epoch(self, trial_id: str, metrics: dict, step: int) -> None:
@@ -348,12 +361,13 @@ class SweepTracker:
         if step <= trial.last_step:  # re-reported after a retry/resume: already in the history
             return
         ts = _now_ms()
-        values = {metric_key(k): f for k, v in metrics.items() if (f := _as_float(v)) is not None}
-        values["epoch"] = float(step)  # the resume marker: its history gives the last step
+        values = {metric_key(k): f for k, v in metrics.items()  # the epoch is the step
+                  if k != "epoch" and (f := as_float(v)) is not None}
         self._log_batch(trial.run_id, metrics=[Metric(k, v, ts, step) for k, v in values.items()])
         trial.last_step = step
 
-    def end_trial(self, trial_id: str, status: str, summary: dict | None = None) -> None:
+    def end_trial(self, trial_id: str, status: str, summary: dict | None = None,
+                  name: str | None = None) -> None:
         if status not in TRIAL_STATUSES:
             raise ValueError(f"trial status must be one of {sorted(TRIAL_STATUSES)}, "
                              f"got {status!r}")
@@ -361,8 +375,10 @@ class SweepTracker:
         ts, last = _now_ms(), trial.last_step
         step = int(last) if math.isfinite(last) else 0  # summary sits at the trial's last epoch
         metrics = [Metric(metric_key(f"final/{k}"), f, ts, step)
-                   for k, v in (summary or {}).items() if (f := _as_float(v)) is not None]
+                   for k, v in (summary or {}).items() if (f := as_float(v)) is not None]
         self._log_batch(trial.run_id, metrics=metrics, tags={"stetune.status": status})
+        if name:  # e.g. "pruned@2 · ...": the runs table shows how it ended
+            self.client.update_run(trial.run_id, name=name)
         self.client.set_terminated(trial.run_id, status=TRIAL_STATUSES[status])
         trial.ended = True
 

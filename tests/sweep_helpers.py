@@ -65,14 +65,19 @@ def check_one_run_per_trial(spec: SweepSpec, n_search: int, n_replicate: int,
         assert c.info.status == "FINISHED", (name, c.info.status)
         status = c.data.tags["stetune.status"]
         assert status in statuses, (name, status)
-        last = int(c.data.metrics["final/epoch"])
+        last = max(m.step for m in client.get_metric_history(c.info.run_id, "val_acc"))
         if status == "finished":
             assert last == spec.epochs, (name, last)
-        for key in ("epoch", "val_acc", "train_loss"):
+        for key in ("val_acc", "train_loss", "schedule/lr"):
             steps = [m.step for m in client.get_metric_history(c.info.run_id, key)]
             assert sorted(steps) == list(range(1, last + 1)), (name, key, steps)  # no gap, no dup
-        assert "node_id" not in c.data.metrics  # a tag, not a metric
-        assert c.data.params["ste"] == c.data.tags["stetune.ste"]
+        # the epoch is the step; the per-epoch lr must not share the param's name; no
+        # single-point summary metrics
+        assert not {"node_id", "epoch", "lr"} & set(c.data.metrics), (name, c.data.metrics)
+        assert not [k for k in c.data.metrics if k.startswith("final/")], (name, c.data.metrics)
+        check_run_reads_well(c, spec, status, last)
+    if n_search:
+        check_studies(spec, [c for c in children if c.data.tags["stetune.phase"] == "search"])
     # Tune's own count (its experiment state) must be what the run says, so a retry the tracker
     # failed to record is caught too
     tagged = {c.data.tags["stetune.trial_id"]: int(c.data.tags.get(RETRIES_TAG, 0))
@@ -82,6 +87,59 @@ def check_one_run_per_trial(spec: SweepSpec, n_search: int, n_replicate: int,
         retried = {k: n for k, n in tagged.items() if n}
         assert not retried, f"trials retried after a crash (times): {retried}"
     return children
+
+
+def check_run_reads_well(c, spec: SweepSpec, status: str, last: int) -> None:
+    """A trial run says what it is: a name with its cell, tuned values and phase (and how it
+    ended early), the full resolved run spec as params, MLflow's and stetune's context tags."""
+    p, t, name = c.data.params, c.data.tags, c.info.run_name
+    bits = f"{p['bits']}b" if p["bits"] != "float" else "float"
+    if status in ("pruned", "diverged"):  # how it ended comes first: the name column is narrow
+        assert name.startswith(f"{status}@{last} · "), (name, status, last)
+        name = name.split(" · ", 1)[1]
+    assert name.startswith(f"{p['ste']}/{bits} "), name
+    assert f"· {t['stetune.phase']}" in name, name
+    if t["stetune.phase"] == "replicate":
+        assert f"seed {p['seed']}" in name, name
+    for k in spec.search:
+        assert f"{k}=" in name, (name, k)
+    assert name.endswith(f" · {t['stetune.phase']}"), name
+    assert {"model", "dataset", "ste", "bits", "seed", "epochs", "batch_size", "lr", "momentum",
+            "weight_decay", "milestones", "gamma"} <= set(p), sorted(p)
+    assert p["model"] == spec.model and p["dataset"] == spec.dataset
+    assert int(p["epochs"]) == spec.epochs
+    assert {"mlflow.user", "mlflow.source.name", "mlflow.source.type", "stetune.version",
+            "host.hostname"} <= set(t), sorted(t)
+
+
+def check_studies(spec: SweepSpec, search_runs: list) -> None:
+    """Each cell's Optuna study (persisted beside the MLflow store) holds exactly the cell's
+    search trials, one Optuna trial per MLflow run (linked by stetune.trial_id), in the state
+    the run ended in (finished: COMPLETE with the run's last value; pruned: PRUNED); nothing is
+    left RUNNING (a resumed search ends its orphans FAIL)."""
+    import optuna
+
+    from stetune.studies import readonly_url
+
+    storage = optuna.storages.RDBStorage(readonly_url(spec.resolved_optuna_storage()))
+    want = {"finished": "COMPLETE", "pruned": "PRUNED", "diverged": "COMPLETE", "failed": "FAIL"}
+    for ste, bits in spec.cells():
+        cell = f"{ste}/{bits}"
+        study = optuna.load_study(study_name=f"{spec.name}/{cell}", storage=storage)
+        trials = {t.user_attrs.get("stetune.trial_id"): t for t in study.trials
+                  if t.state.name != "FAIL"}
+        runs = {c.data.tags["stetune.trial_id"]: c for c in search_runs
+                if c.data.tags["stetune.cell"] == cell}
+        assert not [t for t in study.trials if t.state.name == "RUNNING"], cell
+        assert set(trials) == {k for k, c in runs.items()
+                               if c.data.tags["stetune.status"] != "failed"}, (cell, sorted(trials))
+        for key, t in trials.items():
+            run = runs[key]
+            assert t.state.name == want[run.data.tags["stetune.status"]], (key, t.state)
+            if t.state.name == "COMPLETE" and math.isfinite(run.data.metrics[spec.metric]):
+                assert t.value == pytest.approx(run.data.metrics[spec.metric]), (key, t.value)
+            for k in spec.search:
+                assert run.data.params[k] == str(t.params[k]), (key, k, t.params)
 
 
 def tune_failures(spec: SweepSpec) -> dict[str, int]:
@@ -106,7 +164,7 @@ def check_replicates_are_best(spec: SweepSpec) -> int:
     had a single best trial whose params differ from another search trial's: there, replicating
     any other trial fails this check."""
     _, _, children = sweep_runs(spec)
-    sign, key = (1 if spec.mode == "max" else -1), f"final/{spec.metric}"
+    sign, key = (1 if spec.mode == "max" else -1), spec.metric  # MLflow's latest: the last epoch
     tuned = lambda run: {k: v for k, v in run.data.params.items() if k != "seed"}  # noqa: E731
     discriminating = 0
     for cell in sorted({c.data.tags["stetune.cell"] for c in children}):

@@ -126,8 +126,11 @@ def test_export_all_three_formats_through_the_cli(swept, tmp_path, capsys):
     import pandas as pd
 
     csv = pd.read_csv(tmp_path / "t.csv")
-    assert list(csv.columns) == ["data", "network", "bits", "n", "identity", "clipped ReLU"]
+    stats = ("n", "loss", "loss std", "acc %", "acc std %")
+    assert list(csv.columns) == ["data", "network", "bits",
+                                 *[f"{s} {k}" for s in ("identity", "clipped ReLU") for k in stats]]
     assert csv["bits"].tolist() == [2, 4] and csv["data"].tolist() == ["digits", "digits"]
+    assert all(pd.api.types.is_numeric_dtype(csv[c]) for c in csv.columns[3:])  # plain numbers
     md = (tmp_path / "t.md").read_text()
     assert md.count("**") == 2 * 2  # one best per row
     tex = (tmp_path / "t.tex").read_text()
@@ -152,14 +155,24 @@ def test_analyze_writes_the_report_and_logs_it_to_the_parent_run(swept, tmp_path
     masked = data.tracking_uri.replace("http://", "http://alice:***@")
     assert f"- tracking: `{masked}`, experiment" in report
     printed = capsys.readouterr()
-    for f in out.iterdir():
+    for f in (p for p in out.rglob("*") if p.is_file()):
         assert_no_password(f.read_bytes().decode("latin1"), f.name)
     assert_no_password(printed.out + printed.err, "the command's output")
     assert "## Table 1" in report and "## Stability per cell" in report and "**Rule.**" in report
     assert "![curves](curves.png)" in report
     png = (out / "curves.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
-    assert (out / "curves.pdf").read_bytes().startswith(b"%PDF")
+    for stem in ("curves", "curves-single"):   # both paper sizes, TrueType fonts
+        pdf = (out / f"{stem}.pdf").read_bytes()
+        assert pdf.startswith(b"%PDF") and b"/Subtype /Type3" not in pdf
+    # cells.csv: plain values (the tuned lr a float column, run ids ';'-joined), no reprs
+    import pandas as pd
+
+    text = (out / "cells.csv").read_text()
+    assert "np.float64" not in text and "{" not in text and "['" not in text
+    cells = pd.read_csv(out / "cells.csv")
+    assert cells["lr"].dtype == float and "params" not in cells.columns
+    assert spec.name not in (out / "table1.tex").read_text().split("\\label")[0]  # caption
     fig = curves_figure(data.history[data.history["phase"] == "replicate"])
     for ax in fig.axes:
         if ax.get_lines():  # the legend axis carries none

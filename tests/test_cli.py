@@ -178,3 +178,55 @@ def test_schema_command_writes_the_sweep_spec_schema(tmp_path):
         jsonschema.validate(quick | {"budget": {"trials_per_cell": 0}}, schema)
     with pytest.raises(jsonschema.ValidationError, match="greater than the maximum"):
         jsonschema.validate(quick | {"train": {**quick["train"], "lr": float("inf")}}, schema)
+
+
+@pytest.mark.parametrize("flags, verbose", [([], 1), (["--quiet"], 0), (["-v"], 2), (["-vv"], 3),
+                                            (["-v", "-v", "-v"], 3), (["--verbose"], 2)])
+@pytest.mark.parametrize("command", ["sweep", "resume"])
+def test_verbosity_flags_reach_the_session(command, flags, verbose, tmp_path, monkeypatch):
+    import yaml
+
+    import stetune.cli_sweep as cli_sweep
+    from stetune.spec import SweepSpec
+
+    spec = SweepSpec.from_dict({"name": "v", "model": "lenet5", "dataset": "digits",
+                                "cells": {"ste": ["relu"], "bits": [2]}, "storage": str(tmp_path)})
+    (tmp_path / "v.yaml").write_text(yaml.safe_dump(spec.to_dict()))
+    spec.sweep_dir().mkdir()
+    (spec.sweep_dir() / "spec.json").write_text(json.dumps(spec.to_dict()))  # an unfinished one
+    got = []
+    monkeypatch.setattr(cli_sweep, "_drive", lambda cmd, s, **kw: got.append(kw["verbose"]) or 0)
+    target = [str(tmp_path / "v.yaml")] if command == "sweep" else ["v", "--storage", str(tmp_path)]
+    assert main([command, *target, *flags]) == 0
+    assert got == [verbose]
+
+
+def test_quiet_and_verbose_exclude_each_other_and_help_says_what_each_shows():
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["sweep", "x.yaml", "--quiet", "-v"])
+    assert exc.value.code == 2
+    out = run_cli("sweep", "--help")
+    text = " ".join(out.stdout.split())
+    assert "stetune's progress display" in text and "Ray's progress tables and library INFO logs" \
+        in text and "-vv: also the workers' output" in text and "--json" in text
+    listed = run_cli("--help").stdout
+    assert "list" in listed and "show" in listed
+
+
+def test_sweep_json_with_a_bad_spec_is_one_document_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\nmodel: lenet5\ndataset: digits\ncells: {ste: [relu], bits: [0]}\n")
+    out = run_cli("sweep", str(bad), "--json")
+    assert out.returncode == 2
+    doc = json.loads(out.stdout)
+    assert (doc["exit_code"], doc["exit_meaning"], doc["status"]) == (2, "bad input or a conflict",
+                                                                      None)
+    assert out.stderr.strip().startswith("stetune sweep: error: ") and "bits" in out.stderr
+
+
+def test_list_of_an_empty_or_missing_storage(tmp_path):
+    out = run_cli("list", "--storage", str(tmp_path / "none"))
+    assert out.returncode == 0 and out.stdout == "" and "no sweeps in" in out.stderr
+    out = run_cli("list", "--storage", str(tmp_path), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == {"storage": str(tmp_path),
+                                                              "sweeps": []}

@@ -249,8 +249,8 @@ def test_submit_to_the_stack_logs_everything_to_authenticated_mlflow(stack):
         assert ct["mlflow.parentRunId"] == parent["info"]["run_id"]
         assert c["info"]["status"] == "FINISHED" and ct["stetune.status"] == "finished", ct
         assert ct["stetune.node"] == worker_id, ct  # the head has no CPUs: the worker trained
-        metrics = {m["key"]: m["value"] for m in c["data"]["metrics"]}
-        assert 0.0 <= metrics["val_acc"] <= 1.0 and metrics["epoch"] == 1.0, metrics
+        metrics = {m["key"]: m for m in c["data"]["metrics"]}
+        assert 0.0 <= metrics["val_acc"]["value"] <= 1.0 and metrics["val_acc"]["step"] == 1, metrics
         assert {p["key"] for p in c["data"]["params"]} >= {"lr", "ste", "bits"}
     assert {tags(c)["stetune.cell"] for c in children} == CELLS
     # the driver user made the experiment (MLflow gives its creator MANAGE; basic auth records

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from service_helpers import stop_session
 from sweep_helpers import small_spec, sweep_runs, write_spec
@@ -26,30 +27,65 @@ def _run(*args, env=None, timeout=600):
     return proc.returncode, out, err
 
 
-def test_every_trial_failing_is_a_failed_command_naming_them(tmp_path):
-    import os
+BROKEN_STE = """
+from stetune.quant.ste.base import QuantSTE
+from stetune.quant.ste.registry import register_ste
 
-    # fashion-mnist where it is not, offline: every trial raises DatasetNotFoundError
-    spec = small_spec(tmp_path, "nodata", ["dataset=fashion-mnist", "cells.ste=[relu]",
-                                           "cells.bits=[2, 4]", "budget.trials_per_cell=1",
-                                           "search={}", "replicates.seeds=[1]", "max_failures=0",
-                                           f"train.data_dir={tmp_path / 'nothing'}"])
-    env = {**os.environ, "STETUNE_OFFLINE": "1", "STETUNE_SYSTEM_DATASETS": str(tmp_path / "no")}
-    rc, out, err = _run("sweep", str(write_spec(spec, tmp_path / "s.yaml")), "--quiet", env=env)
+
+@register_ste("broken")
+class BrokenSTE(QuantSTE):
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("broken STE: no gradient")
+"""
+
+
+def test_every_trial_failing_is_a_failed_command_naming_them(tmp_path):
+    # an STE (a plugin, loaded by every worker) whose backward raises: every trial fails
+    (tmp_path / "broken_ste.py").write_text(BROKEN_STE)
+    env = {**os.environ, "STETUNE_PLUGINS": "broken_ste",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    spec = small_spec(tmp_path, "broken", ["cells.ste=[relu]", "cells.bits=[2, 4]",
+                                           "budget.trials_per_cell=1", "search={}",
+                                           "replicates.seeds=[1]", "max_failures=0"])
+    d = spec.to_dict() | {"cells": {"ste": ["broken"], "bits": [2, 4]}}  # known to the CLI only
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    rc, out, err = _run("sweep", str(tmp_path / "s.yaml"), "--quiet", env=env)
     assert rc == 3, err[-3000:]
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("stetune: 2 trial(s) failed: search: relu/2 (") and "relu/4" in last
-    assert "fashion-mnist" in last  # why, from the trial's error
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("stetune: 2 trial(s) failed: search: broken/2 (") \
+        and "broken/4" in lines[-1]
+    assert "broken STE: no gradient" in lines[-1]  # why, from the trial's error
+    assert len(lines) == 1, err  # --quiet: no tracebacks, no Ray or library lines
     header = next(ln for ln in out.splitlines() if ln.startswith("cell"))
-    assert "failed" in header.split() and "done" in header.split()
-    row = next(ln for ln in out.splitlines() if ln.startswith("relu/2")).split()
-    assert row[1:6] == ["1", "0", "0", "0", "1"]  # trials, done, pruned, diverged, failed
+    assert "failed" in header.split() and "finished" in header.split()
+    row = next(ln for ln in out.splitlines() if ln.startswith("broken/2")).split()
+    assert row[1:6] == ["1", "0", "0", "0", "1"]  # trials, finished, pruned, diverged, failed
     state = json.loads((spec.sweep_dir() / "sweep.json").read_text())
     assert set(state["failed"]) == {"search"} and len(state["failed"]["search"]) == 2
     _, parents, children = sweep_runs(spec)
     assert parents[0].info.status == "FINISHED"  # the sweep did its budget; its trials failed
     assert sorted((c.info.status, c.data.tags["stetune.status"]) for c in children) == \
         [("FAILED", "failed")] * 2
+    assert all(c.info.run_name.startswith("failed · broken/") for c in children)
+
+
+def test_a_missing_dataset_is_one_line_before_anything_starts(tmp_path):
+    spec = small_spec(tmp_path, "nodata", ["dataset=fashion-mnist", "cells.ste=[relu]",
+                                           "cells.bits=[2]", "budget.trials_per_cell=1",
+                                           "search={}", f"train.data_dir={tmp_path / 'nothing'}"])
+    env = {**os.environ, "STETUNE_OFFLINE": "1", "STETUNE_SYSTEM_DATASETS": str(tmp_path / "no")}
+    rc, out, err = _run("sweep", str(write_spec(spec, tmp_path / "s.yaml")), env=env)
+    assert rc == 1, err[-3000:]
+    assert err.strip().splitlines() == [err.strip().splitlines()[-1]], err  # one line, no more
+    assert err.startswith("stetune sweep: error: dataset 'fashion-mnist' not found") \
+        and err.strip().endswith("nothing was started"), err
+    assert not (spec.sweep_dir() / "sweep.json").exists()
+    assert not (spec.sweep_dir() / "mlflow.db").exists()  # no MLflow store, no run
 
 
 def test_resume_refuses_a_changed_spec_and_unrestorable_tune_state(tmp_path):
@@ -159,3 +195,19 @@ def test_a_down_mlflow_server_fails_fast_and_leaves_nothing(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("stetune sweep: error: the MLflow server "
                                                    "http://127.0.0.1:"), err  # no credentials
     assert "s3cret" not in out + err and not spec.sweep_dir().exists()  # nothing to block a rerun
+
+
+def test_an_unreachable_ray_cluster_fails_fast_and_leaves_nothing(tmp_path):
+    import time
+
+    from conftest import free_port
+
+    spec = small_spec(tmp_path, "noray")
+    path = write_spec(spec, tmp_path / "s.yaml")
+    t0 = time.monotonic()
+    rc, out, err = _run("sweep", str(path), "--address", f"127.0.0.1:{free_port()}", timeout=120)
+    assert rc == 1 and time.monotonic() - t0 < 30, err[-2000:]  # Ray alone retries for minutes
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stetune sweep: error: the Ray cluster at "
+                                                   "127.0.0.1:") and "nothing was created" in err
+    assert not spec.sweep_dir().exists()

@@ -64,7 +64,7 @@ def test_sigterm_during_search_then_resume(tmp_path):
     assert line.startswith(f"stetune resume: error: sweep '{spec.name}' is being run by pid "
                            f"{driver.pid} on host ") and "since" in line
     # a search trial has logged an epoch and is still running
-    wait_for_runs(spec, driver, lambda cs: any(c.info.status == "RUNNING" and "epoch" in c.data.metrics
+    wait_for_runs(spec, driver, lambda cs: any(c.info.status == "RUNNING" and "val_acc" in c.data.metrics
                                            for c in cs))
     _interrupt(spec, driver, signal.SIGTERM, "search")
     assert not (spec.sweep_dir() / "driver.lock").exists()
@@ -82,7 +82,7 @@ def test_sigint_during_replicates_then_resume(tmp_path):
                                         "train.epochs=4", "train.limit=1000"])
     driver = cli("sweep", str(write_spec(spec, tmp_path / "int.yaml")), "--quiet")
     wait_for_runs(spec, driver, lambda cs: any(c.data.tags.get("stetune.phase") == "replicate"
-                                           and "epoch" in c.data.metrics for c in cs))
+                                           and "val_acc" in c.data.metrics for c in cs))
     _interrupt(spec, driver, signal.SIGINT, "replicate")
     _resume(spec)
     check_one_run_per_trial(spec, n_search=1, n_replicate=2, statuses=("finished",))

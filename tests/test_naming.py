@@ -3,7 +3,7 @@ URIs into MLflow's own credential variables; a password may hold '@', ':' and '/
 
 import pytest
 
-from stetune.naming import redact, split_credentials
+from stetune.naming import redact, run_name, split_credentials
 
 CASES = [  # (uri, password, uri without its password)
     ("http://u:pw@h:5000", "pw", "http://h:5000"),
@@ -30,3 +30,24 @@ def test_uris_without_credentials_are_left_alone():
     for uri in ("http://h:5000/path", "sqlite:////tmp/a/mlflow.db", "see http://h and more",
                 "sqlite:////data/a@b/mlflow.db", "postgresql://bob@db/x"):
         assert redact(uri) == uri and split_credentials(uri)[0] == uri
+
+
+def _cfg(phase, bits=4, seed=0, **params):
+    return {"cell": f"relu/{bits}", "phase": phase,
+            "params": {"ste": "relu", "bits": bits, "seed": seed, **params}}
+
+
+@pytest.mark.parametrize("cfg, status, epoch, name", [
+    (_cfg("search", lr=0.0651234, momentum=0.9), None, None, "relu/4b lr=0.0651 momentum=0.9 · search"),
+    (_cfg("replicate", seed=2, lr=0.0651234), None, None, "relu/4b lr=0.0651 seed 2 · replicate"),
+    (_cfg("search", lr=0.11), "pruned", 1, "pruned@1 · relu/4b lr=0.11 · search"),
+    (_cfg("search", lr=3.0), "diverged", 2, "diverged@2 · relu/4b lr=3 · search"),
+    (_cfg("search", lr=0.1), "failed", None, "failed · relu/4b lr=0.1 · search"),
+    (_cfg("search", lr=0.1), "finished", 3, "relu/4b lr=0.1 · search"),
+    (_cfg("search", bits="float", batch_size=64), None, None, "relu/float batch_size=64 · search"),
+    (_cfg("pretrain", bits="float"), None, None, "float seed 0 · pretrain"),
+    ({"cell": "relu/1x2", "phase": "grid", "params": {"ste": "relu", "init": "spurious", "seed": 3}},
+     None, None, "relu/1x2 init=spurious seed 3 · grid"),
+])
+def test_run_names_say_what_the_run_is(cfg, status, epoch, name):
+    assert run_name(cfg, status, epoch) == name

@@ -23,7 +23,7 @@ from stetune.spec.errors import is_number
 from stetune.spec.fields import (Choice, FieldsOf, Int, ListOf, Num, Opt, Section, Tuple, fld,
                                  spec_fields)
 from stetune.spec.load import SPEC_KINDS
-from stetune.spec.search import DISTS, Param, Scalar, Search
+from stetune.spec.search import DISTS, RESERVED, Param, Scalar, Search
 from test_sweep_spec import BASE as NETWORK
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def _walk(rule, path: str, value) -> list[str]:
     if isinstance(rule, FieldsOf):
         return float_paths(rule.cls, value or {}, rule.names, prefix=path)
     if isinstance(rule, Search):  # each entry of the base's search space: its dist's keys
-        return [p for name, entry in (value or {}).items()
+        return [p for name, entry in (value or {}).items() if name not in RESERVED
                 for p in float_paths(Param, entry, DISTS[entry["dist"]], prefix=f"{path}.{name}")]
     return []
 
@@ -197,6 +197,13 @@ INVALID_FILES = [
     (QUICK | {"train": {"epochs": 10**20}}, "is greater than the maximum of 100000"),
     (QUICK | {"search": {"lr": {"dist": "loguniform", "low": 0.1}}}, "'high' is a required property"),
     (QUICK | {"search": {"epochs": {"dist": "int", "low": 1, "high": 3}}}, "'epochs' was unexpected"),
+    (QUICK | {"search": {"method": "gird", "lr": [0.1]}}, "'gird' is not one of ['tpe', 'random', 'grid']"),
+    (QUICK | {"search": {"method": "grid", "lr": QUICK["search"]["lr"]}}, "'choice' was expected"),
+    (QUICK | {"search": {"storage": "postgresql://u:pw@db/optuna", "lr": [0.1]}}, "does not match"),
+    (QUICK | {"search": {"storage": "optuna.db", "lr": [0.1]}}, "does not match"),
+    (QUICK | {"search": {"lr": []}}, "[] should be non-empty"),
+    (QUICK | {"search": {"lr": [0.1, -1]}}, "-1 is less than or equal to the minimum of 0"),
+    (QUICK | {"search": {"lr": 0.1}}, "0.1 is not of type 'object'"),
     (QUICK | {"kind": "nope"}, "'nope' is not one of"),
     (THEORY | {"lrs": [-1]}, "-1 is less than or equal to the minimum of 0"),
     (THEORY | {"train": {}}, "'train' was unexpected"),
@@ -218,7 +225,22 @@ def test_schema_describes_fields_and_lists_the_registries(validator):
     assert net["required"] == ["name", "model", "dataset", "cells"]
     assert net["properties"]["max_concurrent"]["description"].startswith("two trials at once")
     assert "lenet5" in net["properties"]["model"]["enum"]
-    assert net["properties"]["budget"]["properties"]["trials_per_cell"]["default"] == 4
+    budget = net["properties"]["budget"]["properties"]["trials_per_cell"]
+    assert budget["default"] is None and "the grid size for search.method grid" in budget["description"]
+    search = net["properties"]["search"]["properties"]
+    assert search["method"]["enum"] == ["tpe", "random", "grid"] and search["method"]["default"] == "tpe"
+    assert "grid: each cell runs every combination" in search["method"]["description"]
+    assert search["storage"]["default"] is None and "SQLAlchemy" in search["storage"]["description"]
+    assert search["lr"]["then"]["type"] == "array" and "a list of values" in search["lr"]["description"]
+
+
+def test_schema_accepts_the_search_methods_and_list_shorthand(validator):
+    for search in ({"method": "grid", "lr": [0.01, 0.1], "weight_decay": {"dist": "choice", "values": [0.0]}},
+                   {"method": "random", "storage": "postgresql+psycopg2://me@db/optuna", "lr": [0.1]},
+                   {"method": "tpe", "storage": None, "lr": QUICK["search"]["lr"]}):
+        d = QUICK | {"search": search, "budget": None}
+        assert not [e.message for e in validator.iter_errors(d)], search
+        spec_from_dict(d)  # and the loader agrees
 
 
 # -- a new kind: its spec class is only its fields ------------------------------------------------

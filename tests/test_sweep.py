@@ -145,10 +145,10 @@ def test_asha_prunes_each_cell_against_its_own_trials_only(tmp_path, local_ray):
     for a, b in zip(search, search[1:]):  # the replay's premise: no two trials ran at once
         assert a.info.end_time <= b.info.start_time, (a.info.run_name, b.info.run_name)
     history = lambda c: client.get_metric_history(c.info.run_id, "val_acc")  # noqa: E731
-    acc = {c.info.run_name: {m.step: m.value for m in history(c)} for c in search}
-    ends = {c.info.run_name: int(c.data.metrics["final/epoch"])
+    acc = {c.info.run_id: {m.step: m.value for m in history(c)} for c in search}
+    ends = {c.info.run_id: max(acc[c.info.run_id])
             if c.data.tags["stetune.status"] == "pruned" else None for c in search}
-    cell = {c.info.run_name: c.data.tags["stetune.cell"] for c in search}
+    cell = {c.info.run_id: c.data.tags["stetune.cell"] for c in search}
     good, bad = ([n for n in acc if cell[n] == k] for k in ("relu/4", "relu/1"))
     rungs = (1, 2)  # grace_period * reduction_factor**k below max_t=3; epoch 3 ends every trial
 

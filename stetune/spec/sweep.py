@@ -16,7 +16,7 @@ from .base import NAME_RULE, Mlflow, Placement
 from .errors import fail, reroute
 from .fields import Bool, Choice, FieldsOf, Int, ListOf, Num, Opt, Section, fld
 from .run import MAX_EPOCHS, MAX_SEED, Bits, RunSpec, SpecError, _models
-from .search import DISTS, TUNABLE, Param, Search, suggest
+from .search import DISTS, TUNABLE, Param, Search, SearchSpace, suggest
 
 __all__ = ["SweepSpec", "Param", "Cells", "Budget", "Replicates", "Asha", "Resources", "Mlflow",
            "suggest", "TUNABLE", "METRIC_MODES", "TRAIN_FIELDS", "SWEEP_OWNED", "NAME_RULE",
@@ -31,6 +31,7 @@ PRETRAIN_FIELDS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "mi
 PRETRAIN_INHERITS = ("device", "data_dir", "limit")  # from train: both stages see the same data
 METRIC_MODES = {"val_acc": "max", "val_loss": "min", "train_loss": "min", "train_acc": "max"}
 MAX_TRIALS = 100_000  # per cell: a day of 1-second trials; more is a typo, not a budget
+DEFAULT_TRIALS = 4  # per cell, tpe or random: fits a laptop run
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,11 @@ class Cells:
 
 @dataclass(frozen=True)
 class Budget:
-    trials_per_cell: int = fld(Int(ge=1, le=MAX_TRIALS), "equal per cell, so cells compare "
-                               "fairly; 4 fits a laptop run", default=4)
+    # None is resolved by SweepSpec (it depends on the search), so a spec always holds a number
+    trials_per_cell: int | None = fld(Opt(Int(ge=1, le=MAX_TRIALS)), "equal per cell, so cells "
+                                      "compare fairly; absent: 4 (a laptop run), the grid size "
+                                      "for search.method grid, 1 for an empty search",
+                                      default=None)
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,9 @@ class SweepSpec(Placement):
     cells: Cells = fld(Section(Cells, null=False), "the comparison grid",
                        example="cells: {ste: [clipped_relu], bits: [2]}")
     search: dict[str, Param] = fld(Search(TRAIN_FIELDS + SWEEP_OWNED), "tunable field -> "
-                                   "distribution; empty: 1 trial/cell; beats train's value",
-                                   default_factory=dict)
+                                   "distribution or value list, and method (tpe | random | grid)"
+                                   " and storage; empty: 1 trial/cell; beats train's value",
+                                   default_factory=SearchSpace)
     train: dict = fld(FieldsOf(RunSpec, TRAIN_FIELDS), "fixed RunSpec fields; missing: "
                       "RunSpec/model defaults", default_factory=dict)
     budget: Budget = fld(Section(Budget), "trials per cell", default=Budget())
@@ -113,10 +118,36 @@ class SweepSpec(Placement):
                       default="val_acc")
     mode: str = fld(Choice(["max", "min"]), "must match metric; absent: the metric's",
                     default="max", derive=lambda kw: METRIC_MODES[kw["metric"]])
-    seed: int = fld(Int(ge=0, le=MAX_SEED), "Optuna TPE seed: the search is reproducible",
-                    default=0)
+    seed: int = fld(Int(ge=0, le=MAX_SEED), "Optuna sampler seed (cell i: seed + i): the "
+                    "search is reproducible", default=0)
+
+    def __post_init__(self):
+        if self.budget.trials_per_cell is None:  # absent: what the search needs (Budget)
+            if not self.search:
+                n = 1
+            elif self.search_method == "grid":
+                n = self.search.grid_size()
+            else:
+                n = DEFAULT_TRIALS
+            object.__setattr__(self, "budget", Budget(n))
 
     # -- views (spec.cells() is the grid as (ste, bits) pairs: see Cells.__call__) -----------
+    @property
+    def search_method(self) -> str:
+        """How each cell's study samples: tpe | random | grid."""
+        return self.search.method
+
+    def resolved_optuna_storage(self) -> str:
+        """Where each cell's Optuna study lives: search.storage, else sqlite beside the sweep's
+        state."""
+        return self.search.storage or f"sqlite:///{self.sweep_dir() / 'optuna.db'}"
+
+    def to_dict(self) -> dict:
+        """Placement's, with search's method and storage kept (a dict dump drops them)."""
+        d = super().to_dict()
+        d["search"] = self.search.to_dict()
+        return d
+
     @property
     def epochs(self) -> int:
         """Epochs of one trial (train.epochs or the model's paper default)."""
@@ -163,10 +194,12 @@ class SweepSpec(Placement):
                 try:
                     self.run_spec(ste, bits, 0, {name: value})
                 except SpecError as e:
-                    raise reroute(e, {**paths, name: f"search.{name}.{sub}"}) from None
+                    raise reroute(e, {**paths, name: f"search.{name}{sub}"}) from None
         if not self.search and self.budget.trials_per_cell != 1:
             fail("budget.trials_per_cell", "1 when search is empty (nothing to tune)",
                  self.budget.trials_per_cell)
+        if self.search_method == "grid":
+            self._check_grid()
         if self.asha.enabled and self.asha.grace_period > self.epochs:
             fail("asha.grace_period", f"<= the epochs of a trial ({self.epochs})",
                  self.asha.grace_period)
@@ -176,3 +209,16 @@ class SweepSpec(Placement):
             except SpecError as e:
                 raise reroute(e, {**{k: f"train.{k}" for k in PRETRAIN_INHERITS},
                                   **{k: f"pretrain.{k}" for k in self.pretrain}}) from None
+
+    def _check_grid(self) -> None:
+        """Each cell runs the whole grid once: the budget is its size (fair, and nothing left
+        out or run twice)."""
+        n, got = self.search.grid_size(), self.budget.trials_per_cell
+        sizes = " x ".join(f"{k} {len(v)}" for k, v in self.search.grid().items())
+        if n > MAX_TRIALS:
+            raise SpecError(f"search must have a grid of at most {MAX_TRIALS} points for "
+                            f"search.method grid, but got {n} ({sizes})")
+        if got != n:
+            raise SpecError(f"budget.trials_per_cell must equal the grid size {n} ({sizes}) for "
+                            f"search.method grid, but got budget.trials_per_cell={got} (leave "
+                            f"it out: it defaults to the grid size)")

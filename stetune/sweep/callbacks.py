@@ -1,4 +1,4 @@
-"""Tune callbacks on the driver: trial lifecycle -> MLflow runs, and a one-line summary per cell.
+"""Tune callbacks on the driver: trial lifecycle -> MLflow runs (the progress display: progress.py).
 
 They run in the driver process, so every MLflow write comes from one place (no sqlite write
 contention) and workers on other nodes need no shared filesystem: their metrics travel to the
@@ -6,26 +6,27 @@ driver through Tune's own result channel."""
 
 from __future__ import annotations
 
-import math
-import sys
 import tempfile
 import warnings
-from collections import defaultdict
 from pathlib import Path
 
 from ray.tune import Callback
 
-from ..naming import WEIGHTS_ARTIFACT
+from ..naming import WEIGHTS_ARTIFACT, run_name
 from ..tracking import SweepTracker
 from .kinds.base import FINAL_KEYS
 
-__all__ = ["TrackingCallback", "CellProgress", "register_tracker", "get_tracker", "trial_config"]
+__all__ = ["TrackingCallback", "register_tracker", "get_tracker", "trial_config"]
 
 # keys Tune adds to every result: bookkeeping, not training metrics
 TUNE_BOOKKEEPING = frozenset({
     "done", "pid", "timestamp", "should_checkpoint", "iterations_since_restore", "time_since_restore",
     "training_iteration", "time_this_iter_s", "time_total_s", "date", "hostname", "node_ip",
     "trial_id", "experiment_tag", "config", "checkpoint_dir_name", "node_id"})
+
+# per-epoch keys logged under another name: the param `lr` is the initial learning rate, the
+# metric the scheduled one (MLflow shows params and metrics side by side)
+RENAMED = {"lr": "schedule/lr"}
 
 # The driver's open trackers by (uri, experiment, sweep). Callbacks restored by Tuner.restore are
 # unpickled copies; they find the driver's tracker here instead of opening a second one.
@@ -53,10 +54,12 @@ class TrackingCallback(Callback):
     trial id, so a resumed sweep duplicates nothing."""
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, phase: str, status,
-                 fixed: dict | None = None, final_keys=FINAL_KEYS, log_weights: bool = False):
+                 fixed: dict | None = None, final_keys=FINAL_KEYS, log_weights: bool = False,
+                 params=None):
         self.args = (tracking_uri, experiment, sweep_name)
         self.phase, self.status = phase, status  # status(last, errored=...) -> str
         self.fixed = dict(fixed or {})  # the phase's fixed fields, logged with each trial
+        self.params = params  # params(cfg) -> the trial's resolved run spec; None: fixed + cfg
         self.final_keys, self.log_weights = tuple(final_keys), log_weights
         self._tracker: SweepTracker | None = None
         self._nodes: dict[str, str] = {}
@@ -79,7 +82,8 @@ class TrackingCallback(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         cfg = trial_config(trial)
-        self.tracker.trial_run(self.key(trial), params={**self.fixed, **cfg["params"]},
+        params = self.params(cfg) if self.params else {**self.fixed, **cfg["params"]}
+        self.tracker.trial_run(self.key(trial), params=params, name=run_name(cfg),
                                tags={**cfg.get("tags", {}), "stetune.cell": cfg["cell"],
                                      "stetune.phase": cfg["phase"]})
 
@@ -89,7 +93,7 @@ class TrackingCallback(Callback):
         if node and self._nodes.get(key) != node:  # where it runs (a retry may move it)
             self.tracker.tag_trial(key, {"stetune.node": node})
             self._nodes[key] = node
-        metrics = {k: v for k, v in result.items() if k not in TUNE_BOOKKEEPING}
+        metrics = {RENAMED.get(k, k): v for k, v in result.items() if k not in TUNE_BOOKKEEPING}
         self.tracker.log_epoch(key, metrics, step=int(result.get("epoch", iteration)))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
@@ -107,7 +111,8 @@ class TrackingCallback(Callback):
         except Exception as e:  # the trial's result stands without its weights: don't lose the sweep
             warnings.warn(f"trial {self.key(trial)}: its weights were not logged to MLflow: {e!r}")
         finally:
-            self.tracker.end_trial(self.key(trial), status, _finals(last, self.final_keys))
+            self.tracker.end_trial(self.key(trial), status, _finals(last, self.final_keys),
+                                   name=_ended_name(trial, status))
 
     def _log_weights(self, key: str, checkpoint) -> None:
         """The model weights and run spec of the trial's last checkpoint (no optimizer state)."""
@@ -132,34 +137,16 @@ class TrackingCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._checkpoints.pop(self.key(trial), None)
         self.tracker.end_trial(self.key(trial), "failed",
-                               _finals(trial.last_result or {}, self.final_keys))
+                               _finals(trial.last_result or {}, self.final_keys),
+                               name=_ended_name(trial, "failed"))
+
+
+def _ended_name(trial, status: str) -> str | None:
+    """The run's name with how it ended, where that is not 'ran every epoch'."""
+    if status == "finished":
+        return None
+    return run_name(trial_config(trial), status, (trial.last_result or {}).get("epoch"))
 
 
 def _finals(last: dict, keys) -> dict:
     return {k: last[k] for k in keys if isinstance(last.get(k), (int, float))}
-
-
-class CellProgress(Callback):
-    """Prints one line per cell each time one of its trials ends."""
-
-    def __init__(self, phase: str, metric: str, mode: str, status, per_cell: int):
-        self.phase, self.metric, self.mode, self.status, self.per_cell = phase, metric, mode, status, per_cell
-        self.done: dict[str, list] = defaultdict(list)
-
-    def _line(self, trial, status: str) -> None:
-        cell = trial_config(trial)["cell"]
-        value = (trial.last_result or {}).get(self.metric, float("nan"))
-        self.done[cell].append((status, value))
-        vals = [v for _, v in self.done[cell] if isinstance(v, float) and math.isfinite(v)]
-        best = (max if self.mode == "max" else min)(vals) if vals else float("nan")
-        counts = {s: sum(1 for t, _ in self.done[cell] if t == s)
-                  for s in ("diverged", "pruned", "skipped", "failed")}
-        extra = " ".join(f"{n} {s}" for s, n in counts.items() if n)
-        print(f"[{self.phase}] cell {cell}: {len(self.done[cell])}/{self.per_cell} trials done, "
-              f"best {self.metric} {best:.4f} {extra}".rstrip(), file=sys.stderr, flush=True)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._line(trial, self.status(trial.last_result, errored=False))
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, "failed")

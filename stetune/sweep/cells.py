@@ -7,7 +7,9 @@ cell has had `trials_per_cell`, and CellASHA runs one ASHA per cell."""
 
 from __future__ import annotations
 
+import math
 import pickle
+import warnings
 from functools import partial
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -15,7 +17,8 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..spec.sweep import suggest
-from .kinds.base import cell_config
+from .kinds.base import cell_config, cell_key
+from .samplers import make_sampler, open_storage, study_name
 
 __all__ = ["CellSearcher", "CellASHA"]
 
@@ -37,15 +40,21 @@ class _PickledState:
 
 class CellSearcher(_PickledState, Searcher):
     def __init__(self, cells: list[tuple[str, int | str]], search: dict, trials_per_cell: int,
-                 metric: str, mode: str, seed: int = 0):
+                 metric: str, mode: str, seed: int = 0, *, method: str = "tpe",
+                 storage: str | None = None, sweep: str = "sweep", epochs: int | None = None):
         super().__init__(metric=metric, mode=mode)
         self.cells = [tuple(c) for c in cells]
-        self.trials_per_cell = trials_per_cell
+        self.trials_per_cell, self.epochs = trials_per_cell, epochs
         # the define-by-run space must be a picklable module-level function, or Tune cannot save
         # the searcher with the experiment state
         space = partial(suggest, search=search)
-        self.subs = [OptunaSearch(space=space, metric=metric, mode=mode, seed=seed + i)
-                     for i in range(len(self.cells))]
+        # one storage for every cell's study (pickled with the searcher: RDBStorage reconnects)
+        self.storage = storage  # its URL: where optuna-dashboard and `stetune analyze` look
+        store = open_storage(storage) if storage else None
+        self.subs = [OptunaSearch(space=space, metric=metric, mode=mode,
+                                  sampler=make_sampler(method, search, seed + i), storage=store,
+                                  study_name=study_name(sweep, cell_key(*c)) if store else None)
+                     for i, c in enumerate(self.cells)]
         self.issued = [0] * len(self.cells)
         self.trial_cell: dict[str, int] = {}
 
@@ -63,6 +72,9 @@ class CellSearcher(_PickledState, Searcher):
             self.issued[i] += 1
             self.trial_cell[trial_id] = i
         params = self.subs[i].suggest(trial_id) or {}
+        ot_trial = self.subs[i]._ot_trials.get(trial_id)
+        if ot_trial is not None:  # the dashboard's link to the MLflow run (same tag there)
+            ot_trial.set_user_attr("stetune.trial_id", f"search-{trial_id}")
         ste, bits = self.cells[i]
         return {"cfg": cell_config(ste, bits, "search", params, seed=0)}
 
@@ -72,9 +84,21 @@ class CellSearcher(_PickledState, Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.trial_cell:
-            if result is not None and self.metric not in result:
-                result = None  # a trial that never reported: Optuna records it as failed
-            self.subs[self.trial_cell[trial_id]].on_trial_complete(trial_id, result, error or result is None)
+            never = result is None or self.metric not in result  # Optuna records it as failed
+            # stopped early by ASHA: Optuna's PRUNED (its value the last intermediate one), so
+            # the dashboard and TPE tell it from a trial that ran every epoch
+            pruned = (not never and not error and self.epochs is not None
+                      and result.get("status") != "diverged"
+                      and result.get("epoch", self.epochs) < self.epochs)
+            sub = self.subs[self.trial_cell[trial_id]]
+            value = None if never else result[self.metric]
+            if isinstance(value, (int, float)) and math.isfinite(value) \
+                    and trial_id in sub._ot_trials:  # Tune hands the last result only here
+                with warnings.catch_warnings():  # "already reported at this step": fine
+                    warnings.simplefilter("ignore")
+                    sub._ot_trials[trial_id].report(value, int(result.get("training_iteration", 1)))
+            sub.on_trial_complete(trial_id, None if never or pruned else result,
+                                  error=error or never)
 
 
 class CellASHA(_PickledState, FIFOScheduler):

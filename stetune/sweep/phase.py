@@ -22,12 +22,13 @@ from ray.tune.error import TuneError
 
 from ..checkpoint import CHECKPOINT_FILE
 from ..tracking import STORE_ERRORS
-from .callbacks import CellProgress, TrackingCallback
+from .callbacks import TrackingCallback
 from .kinds.base import FINAL_KEYS, trial_status
+from .progress import PhaseProgress
 from .session import SweepInterrupted, SweepStateError
 
 __all__ = ["Phase", "Outcome", "run_phase", "run_one", "trial_workspace", "Workspace",
-           "trial_dirname"]
+           "trial_dirname", "check_dataset", "DataUnavailable"]
 
 # every trial checkpoints each epoch by design (resume from the last epoch); Tune's warning about
 # frequent snapshots would fire for every short trial
@@ -82,6 +83,29 @@ def trial_workspace(prefix: str = "stetune-trial-") -> Iterator[Workspace]:
         yield ws
 
 
+class DataUnavailable(OSError):
+    """The sweep's dataset cannot be loaded where trials run: said before any trial starts."""
+
+
+def _probe_dataset(name: str, data_dir: str | None) -> str | None:
+    from ..data import DatasetError, load_dataset
+
+    try:
+        load_dataset(name, data_dir, limit=1)
+    except (DatasetError, OSError) as e:  # DatasetNotFoundError is an OSError
+        return str(e)
+    return None
+
+
+def check_dataset(name: str, data_dir: str | None, local: bool) -> None:
+    """Load the dataset once, here (a local sweep) or on a node of the cluster (where the data
+    lives), so that a missing one is one line before the sweep makes anything."""
+    why = (_probe_dataset(name, data_dir) if local else
+           ray.get(ray.remote(num_cpus=0)(_probe_dataset).remote(name, data_dir)))
+    if why is not None:
+        raise DataUnavailable(f"{why}; nothing was started")
+
+
 # -- on the driver ---------------------------------------------------------------------------------
 @dataclass
 class Phase:
@@ -99,7 +123,8 @@ class Phase:
     metric: str = "val_acc"          # the progress lines' best value
     mode: str = "max"
     status: Callable | None = None   # status(last, errored=...) -> str; None: trial_status(epochs)
-    fixed: dict = field(default_factory=dict)  # logged as params of every trial
+    fixed: dict = field(default_factory=dict)  # logged as params of every trial ...
+    params: Callable | None = None   # ... or params(cfg): a trial's resolved run spec (picklable)
     final_keys: tuple = FINAL_KEYS
     log_weights: bool = False        # finished trials log weights/model.pt (runs worth starting from)
     max_failures: int = 2            # retries per trial, resumed from its last checkpoint
@@ -135,8 +160,10 @@ def run_phase(session, phase: Phase) -> list[Outcome]:
         status = phase.judge()
         callbacks = [TrackingCallback(spec.resolved_tracking_uri(), spec.resolved_experiment(),
                                       spec.name, phase.name, status, fixed=phase.fixed,
-                                      final_keys=phase.final_keys, log_weights=phase.log_weights),
-                     CellProgress(phase.name, phase.metric, phase.mode, status, phase.per_cell)]
+                                      final_keys=phase.final_keys, log_weights=phase.log_weights,
+                                      params=phase.params),
+                     PhaseProgress(phase.name, phase.metric, phase.mode, status, phase.per_cell,
+                                   _total(phase))]
         grid = {} if phase.configs is None else {"cfg": tune.grid_search(phase.configs)}
         tuner = tune.Tuner(
             trainable, param_space=grid,
@@ -146,11 +173,11 @@ def run_phase(session, phase: Phase) -> list[Outcome]:
                 trial_dirname_creator=trial_dirname, reuse_actors=REUSE_ACTORS),
             run_config=tune.RunConfig(
                 name=phase.name, storage_path=str(spec.sweep_dir()), callbacks=callbacks,
-                verbose=session.verbose,
+                verbose=1 if session.verbose >= 2 else 0,  # Ray's tables: -v
                 failure_config=tune.FailureConfig(max_failures=phase.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     results, stopped = _fit(session, tuner)
-    total = len(phase.configs) if phase.configs is not None else phase.num_samples
+    total = _total(phase)
     ended = results.num_terminated + results.num_errors
     if stopped or ended < total:  # Tune returns early only when it was told to stop
         signals = session.signals  # (trials it stopped count as terminated: ask MLflow instead)
@@ -172,6 +199,10 @@ def run_phase(session, phase: Phase) -> list[Outcome]:
     if not failed:
         del session.state["failed"]
     return outcomes
+
+
+def _total(phase: Phase) -> int:
+    return len(phase.configs) if phase.configs is not None else phase.num_samples
 
 
 def _first_line(error: BaseException | None) -> str:

@@ -4,8 +4,10 @@ MLflow parent run, and a Ray connection. Every kind's phases run inside one Sess
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import socket
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,9 +23,15 @@ from ..tracking import SweepTracker
 from .callbacks import register_tracker
 from .kinds.base import SweepKind
 from .lock import DriverLock, SweepLocked
+from .progress import set_display
 
-__all__ = ["Session", "SweepInterrupted", "SweepStateError", "StorageError", "sweep_session",
-           "state_path", "save_state"]
+__all__ = ["Session", "SweepInterrupted", "SweepStateError", "StorageError", "ClusterUnreachable",
+           "sweep_session", "state_path", "save_state"]
+
+# INFO lines of the libraries under a sweep, shown with -v only: MLflow's "Creating initial
+# MLflow database tables", Optuna's "A new study created", Ray's start-up and token-auth notes
+_CHATTY = ("mlflow", "alembic", "optuna", "ray", "ray.tune",
+           "ray._private.authentication.authentication_token_setup")
 
 
 def state_path(spec) -> Path:
@@ -73,6 +81,10 @@ class SweepStateError(RuntimeError):
     names the file and what the user can do."""
 
 
+class ClusterUnreachable(ConnectionError):
+    """--address names a Ray cluster that does not answer: nothing was created."""
+
+
 class StorageError(ValueError):
     """`storage` cannot hold the sweep (a file, read-only, no permission): nothing was made."""
 
@@ -115,8 +127,10 @@ def sweep_session(spec, kind: SweepKind, *, address: str | None, resume: bool,
     the driver was interrupted (SweepInterrupted), FAILED with them if the body raised."""
     root = spec.sweep_dir()
     path = state_path(spec)
+    _quiet(verbose)
     bound_client_retries()
     check_server(spec.resolved_tracking_uri())  # a down server: fail now, make nothing
+    check_cluster(address)
     lock = DriverLock(root, spec.name)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -149,6 +163,9 @@ def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int
         how = ("restore the sweep's mlflow.db, or rerun the spec under another name" if resume
                else "delete it or point mlflow.tracking_uri elsewhere")
         raise SweepStateError(f"{e}; {how}") from None
+    _init_ray(address, verbose)
+    if kind.preflight is not None:  # e.g. the dataset is missing: before any run is made
+        kind.preflight(spec, local=address is None)
     try:
         tracker = SweepTracker(uri, experiment, spec.name, phases=kind.phases)
     except ImportError as e:  # e.g. postgresql:// is SQLAlchemy's psycopg (3), not psycopg2
@@ -163,15 +180,6 @@ def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int
         (root / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
         save_state(spec, state)
         register_tracker(tracker, uri, experiment, spec.name)
-        # Tune reports a trial's error (our summary names it); Ray would print it once more at
-        # exit, after the sweep's one last line
-        os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
-        if not ray.is_initialized():
-            # "local" always starts a fresh Ray here: a bare init() would join whatever cluster
-            # /tmp/ray/ray_current_cluster points at, even a dead one
-            ray.init(address=address or "local",
-                     include_dashboard=False if address is None else None,
-                     log_to_driver=verbose > 1)
         signals.install()
         yield session
     except (SweepInterrupted, KeyboardInterrupt) as e:
@@ -187,7 +195,67 @@ def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int
         signals.restore()
     session.save()
     tracker.log_artifact(str(path))
+    text = kind.summary(spec, state)
+    tracker.describe(f"Sweep `{spec.name}` ({kind.name}): {kind.description}.\n\n```\n{text}\n```",
+                     kind.headline(spec, state) if kind.headline else None)
     tracker.end_sweep("FINISHED")
+
+
+def _quiet(verbose: int) -> None:
+    """Library chatter off unless -v; stetune's progress display as verbose says."""
+    set_display(verbose)
+    if verbose >= 2:
+        return
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # optuna resets its logger's level
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.WARNING if "auth" not in name else logging.ERROR)
+    # a failed trial's traceback: the summary names the trial and its error, Tune keeps the
+    # traceback in the trial's error.txt (shown with -v)
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logging.getLogger(name).addFilter(_no_trial_tracebacks)
+    # Tune's newer console output prints each phase's configuration box and a TensorBoard hint
+    # at any verbosity; its classic reporter is silent at verbose=0
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")  # "on_step_begin took 0.6 s" notes
+
+
+def _no_trial_tracebacks(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(("Trial task failed", "Trials did not complete"))
+
+
+def check_cluster(address: str | None, timeout: float = 5.0) -> None:
+    """A TCP connect to --address's head (GCS, or a Ray client server): Ray itself retries a dead
+    address for minutes. "auto" is left to Ray, which fails fast when no cluster runs here."""
+    if address in (None, "auto", "local"):
+        return
+    where = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = where.rpartition(":") if ":" in where else (where, "", "")
+    default = 10001 if address.startswith("ray://") else 6379
+    try:
+        socket.create_connection((host, int(port or default)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise ClusterUnreachable(f"the Ray cluster at {address} does not answer ({gist(e)}): "
+                                 f"nothing was created; start it (ray start --head) or fix "
+                                 f"--address") from None
+
+
+def _init_ray(address: str | None, verbose: int) -> None:
+    # Tune reports a trial's error (our summary names it); Ray would print it once more at
+    # exit, after the sweep's one last line
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+    if ray.is_initialized():
+        return
+    try:
+        # "local" always starts a fresh Ray here: a bare init() would join whatever cluster
+        # /tmp/ray/ray_current_cluster points at, even a dead one
+        ray.init(address=address or "local", include_dashboard=False if address is None else None,
+                 log_to_driver=verbose > 2,
+                 logging_level=logging.INFO if verbose >= 2 else logging.WARNING)
+    except ConnectionError as e:
+        raise ClusterUnreachable(f"no Ray cluster at {address} ({gist(e)}): nothing was created; "
+                                 f"start one (ray start --head) or fix --address") from None
 
 
 def _read_state(path: Path) -> dict:

@@ -18,8 +18,9 @@ __all__ = ["SweepKind", "register_kind", "get_kind", "list_kinds", "trial_status
 # train_loss); "repulsion" the repulsion experiment's loss ratios; None: the summary in
 # sweep.json and MLflow is all there is
 ANALYSES = ("cells", "repulsion", None)
-# last-result keys a trial run logs as final/<key> when it ends
-FINAL_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch")
+# last-result keys a trial run logs as final/<key> when it ends: none for training runs, whose
+# per-epoch metrics already end at the final values (MLflow's runs table shows the latest)
+FINAL_KEYS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class SweepKind:
     resumable: bool = False          # `stetune resume` continues it (else: rerun under a new name)
     analysis: str | None = None      # one of ANALYSES
     description: str = ""            # one line for help texts
+    headline: Callable[[Any, dict], dict] | None = None  # headline(spec, state): parent metrics
+    preflight: Callable[..., None] | None = None  # preflight(spec, local=): fail before any run
 
     def __post_init__(self):
         if getattr(self.spec, "kind", None) != self.name:

@@ -7,12 +7,14 @@ restores the interrupted phase (trials, searcher state, checkpoints) and skips f
 from __future__ import annotations
 
 import math
+import numbers
 import statistics
+import textwrap
 from dataclasses import replace
 
 from ...spec import RunSpec, SweepSpec
 from ...train import train
-from .base import SweepKind, cell_config, register_kind, tuned
+from .base import SweepKind, cell_config, cell_key, register_kind, tuned
 
 __all__ = ["KIND", "trial_fn", "summary_rows"]
 
@@ -34,6 +36,21 @@ def trial_fn(config: dict, spec: dict, init_state: bytes | None = None) -> None:
         train(run, ws.report, checkpoint_dir=ws.ckpt)
 
 
+class RunParams:
+    """params(cfg): a trial's run spec as its MLflow run logs it, every default resolved (model,
+    dataset, momentum, milestones, ...), so a child run says all that made it."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+
+    def __call__(self, cfg: dict) -> dict:
+        if cfg["phase"] == "pretrain":
+            return {**self.spec["pretrain"], "bits": "float"}
+        run = _run_spec(SweepSpec.from_dict(self.spec), cfg).resolved().to_dict()
+        return {**{k: v for k, v in run.items() if v is not None and k != "init_from"},
+                **cfg["params"]}
+
+
 def _run_spec(spec: SweepSpec, cfg: dict) -> RunSpec:
     if cfg["phase"] == "pretrain":
         return spec.pretrain_spec()
@@ -49,7 +66,7 @@ def _phase(session, name: str, epochs: int, per_cell: int, init: bytes | None, *
     return Phase(name, trial_fn, {"spec": spec.to_dict(), "init_state": init}, epochs, per_cell,
                  resources={"cpu": spec.resources.cpus_per_trial,
                             "gpu": spec.resources.gpus_per_trial},
-                 metric=spec.metric, mode=spec.mode, fixed=spec.train,
+                 metric=spec.metric, mode=spec.mode, params=RunParams(spec.to_dict()),
                  log_weights=name in WEIGHTS_PHASES, max_failures=spec.max_failures, **kw)
 
 
@@ -70,17 +87,29 @@ def _pretrain(session) -> bytes:
 
 def _search(session, init: bytes | None) -> None:
     from ..cells import CellASHA, CellSearcher
+    from ..samplers import check_new_studies, drop_studies, end_stale_trials, study_name
     from ..phase import run_phase
 
     spec, state = session.spec, session.state
     if "search" in state:
         return
     cells, epochs, n = spec.cells(), spec.epochs, spec.budget.trials_per_cell
-    searcher = CellSearcher(cells, spec.search, n, spec.metric, spec.mode, spec.seed)
-    scheduler = (CellASHA(spec.metric, spec.mode, epochs, spec.asha.grace_period,
-                          spec.asha.reduction_factor) if spec.asha.enabled else None)
+    storage = spec.resolved_optuna_storage()
+    studies = [study_name(spec.name, cell_key(*c)) for c in cells]
+    searcher = scheduler = None  # a resumed phase brings back its own (Tune's saved state)
+    if not (session.resume and (spec.sweep_dir() / "search").exists()):
+        # before CellSearcher creates them: a new sweep's must be new; a resumed sweep restarting
+        # the phase drops the ones its killed driver began (run_phase drops their MLflow runs)
+        (drop_studies if session.resume else check_new_studies)(storage, studies)
+        searcher = CellSearcher(cells, spec.search, n, spec.metric, spec.mode, spec.seed,
+                                method=spec.search_method, storage=storage, sweep=spec.name,
+                                epochs=epochs)
+        scheduler = (CellASHA(spec.metric, spec.mode, epochs, spec.asha.grace_period,
+                              spec.asha.reduction_factor) if spec.asha.enabled else None)
+    session.tracker.tag_sweep({"stetune.optuna_storage": storage})  # for analyze, dashboards
     outcomes = run_phase(session, _phase(session, "search", epochs, n, init, searcher=searcher,
                                          scheduler=scheduler, num_samples=n * len(cells)))
+    end_stale_trials(storage, studies)  # every trial Tune ran has ended: the rest are orphans
     state["search"] = _best_per_cell(spec, outcomes)
     session.save()
 
@@ -121,9 +150,27 @@ def _replicate(session, init: bytes | None) -> None:
                                          len(spec.replicates.seeds), init, configs=configs)):
         reps.setdefault(out.cfg["cell"], []).append(
             {"seed": out.cfg["params"]["seed"], "status": out.status,
-             "val_acc": out.last.get("val_acc"), "train_loss": out.last.get("train_loss")})
+             "val_acc": out.last.get("val_acc"), "train_loss": out.last.get("train_loss"),
+             **_at_best_epoch(out.history())})
     state["replicate"] = reps
     session.save()
+
+
+def _finite(x) -> bool:
+    return isinstance(x, numbers.Real) and math.isfinite(x)  # history values are numpy's
+
+
+def _at_best_epoch(history: list[dict]) -> dict:
+    """The epoch (>= 1; the first of ties) with the highest val_acc and the training loss there:
+    what Table 1 reports per replicate (analysis._run_stats), so the summary reads the same."""
+    epochs = [h for h in history if _finite(h.get("epoch")) and h["epoch"] >= 1
+              and _finite(h.get("val_acc"))]
+    if not epochs:
+        return {}
+    best = max(epochs, key=lambda h: h["val_acc"])
+    loss = best.get("train_loss")
+    return {"best_epoch": int(best["epoch"]), "best_val_acc": float(best["val_acc"]),
+            "train_loss_at_best": float(loss) if _finite(loss) else None}
 
 
 def run(session) -> None:
@@ -134,46 +181,111 @@ def run(session) -> None:
 
 
 # -- summary ---------------------------------------------------------------------------------------
+def _replicate_values(rep: dict) -> tuple[float, float | None, str] | None:
+    """(val_acc, train_loss, basis) of a finished replicate: at its best epoch; a sweep.json
+    written before best epochs were recorded has only the last epoch's."""
+    if rep.get("status") != "finished":
+        return None
+    if _finite(rep.get("best_val_acc")):
+        return rep["best_val_acc"], rep.get("train_loss_at_best"), "best epoch"
+    if _finite(rep.get("val_acc")):
+        return rep["val_acc"], rep.get("train_loss"), "last epoch"
+    return None
+
+
+def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
+    return (statistics.fmean(xs) if xs else None), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
 def summary_rows(spec: SweepSpec, state: dict) -> list[dict]:
     """Per cell: the search's trials by status, its best value and params, and the replicates'
-    mean and std over the finished ones only (failed and diverged ones are counted, not averaged)."""
+    val_acc and train_loss at each one's best epoch (Table 1's basis), mean and std over the
+    finished ones only (failed and diverged ones are counted, not averaged)."""
     rows = []
     for key, cell in state.get("search", {}).items():
         reps = state.get("replicate", {}).get(key, [])
-        accs = [r["val_acc"] for r in reps
-                if r.get("status") == "finished" and isinstance(r.get("val_acc"), float)]
+        values = [v for v in map(_replicate_values, reps) if v is not None]
+        acc_mean, acc_std = _mean_std([acc for acc, _, _ in values])
+        losses = [loss for _, loss, _ in values if _finite(loss)]
+        loss_mean, loss_std = _mean_std(losses if len(losses) == len(values) else [])
         ended = cell["diverged"] + cell["pruned"] + cell["failed"]
         rows.append({
-            "cell": key, "trials": cell["trials"], "finished": cell["trials"] - ended,
+            "cell": key, "search_trials": cell["trials"], "finished": cell["trials"] - ended,
             "pruned": cell["pruned"], "diverged": cell["diverged"], "failed": cell["failed"],
             f"best_{spec.metric}": cell["best"]["value"] if cell["best"] else None,
             "params": cell["best"]["params"] if cell["best"] else None,
-            "replicate_val_acc_mean": statistics.fmean(accs) if accs else None,
-            "replicate_val_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
-            "replicates": len(accs),
+            "replicate_val_acc_mean": acc_mean, "replicate_val_acc_std": acc_std,
+            "replicate_train_loss_mean": loss_mean, "replicate_train_loss_std": loss_std,
+            # "last epoch" if any replicate has only that (max: "best..." < "last...")
+            "replicate_basis": max((b for _, _, b in values), default=None),
+            "replicates": len(values),
             "replicates_failed": sum(r.get("status") == "failed" for r in reps),
             "replicates_diverged": sum(r.get("status") == "diverged" for r in reps)})
     return rows
 
 
+def _pm(mean: float | None, std: float | None, fmt: str, std_fmt: str,
+        scale: float = 1.0) -> str:
+    if mean is None:
+        return "-"
+    return f"{scale * mean:{fmt}}" + (f" ± {scale * std:{std_fmt}}" if std is not None else "")
+
+
 def summary(spec: SweepSpec, state: dict) -> str:
-    metric = f"best_{spec.metric}"
-    lines = [f"{'cell':<18} {'trials':>6} {'done':>4} {'pruned':>6} {'div':>4} {'failed':>6} "
-             f"{metric:>14} {'replicates val_acc':>26}  best params"]
-    for r in summary_rows(spec, state):
-        std = r["replicate_val_acc_std"]
+    # accuracies in percent throughout, as Table 1 prints them
+    pct = spec.metric.endswith("_acc")
+    metric, best_head = f"best_{spec.metric}", f"best {spec.metric}{' %' if pct else ''}"
+    rows, table = summary_rows(spec, state), []
+    for r in rows:
         bad = ", ".join(f"{r[f'replicates_{s}']} {s}" for s in ("failed", "diverged")
                         if r[f"replicates_{s}"])
-        rep = ((f"{r['replicate_val_acc_mean']:.4f}" + (f" ± {std:.4f}" if std is not None else "")
-                + f" (n={r['replicates']})") if r["replicates"] else "-") + (f" +{bad}" if bad else "")
-        best = f"{r[metric]:.4f}" if r[metric] is not None else "-"
-        lines.append(f"{r['cell']:<18} {r['trials']:>6} {r['finished']:>4} {r['pruned']:>6} "
-                     f"{r['diverged']:>4} {r['failed']:>6} {best:>14} {rep:>26}  {r['params']}")
-    lines.append("(done = ran every epoch; replicates: mean ± std of the finished replicates' "
-                 "last-epoch val_acc, n of them)")
+        best = ("-" if r[metric] is None else f"{100 * r[metric]:.2f}" if pct
+                else f"{r[metric]:.4g}")
+        table.append((f"{r['cell']:<18} {r['search_trials']:>6} {r['finished']:>8} "
+                      f"{r['pruned']:>6} {r['diverged']:>8} {r['failed']:>6} {best:>14}",
+                      _pm(r["replicate_val_acc_mean"], r["replicate_val_acc_std"], ".2f", ".2f",
+                          100)
+                      + f" (n={r['replicates']}{', +' + bad if bad else ''})",
+                      _pm(r["replicate_train_loss_mean"], r["replicate_train_loss_std"], ".3g",
+                          ".2g"),
+                      ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in (r["params"] or {}).items()) or "-"))
+    search = (f"{'cell':<18} {'trials':>6} {'finished':>8} {'pruned':>6} {'diverged':>8} "
+              f"{'failed':>6} {best_head:>14}")
+    w_acc = max([len("val_acc %"), *(len(t[1]) for t in table)])
+    w_loss = max([len("train loss"), *(len(t[2]) for t in table)])
+    lines = [f"{'':<19}{'search trials ':─<{len(search) - 19}}   "
+             f"{'replicates ':─<{w_acc + 1 + w_loss}}",
+             f"{search}   {'val_acc %':<{w_acc}} {'train loss':<{w_loss}} best params",
+             *(f"{s}   {a:<{w_acc}} {lo:<{w_loss}} {p}" for s, a, lo, p in table)]
+    old = any(r["replicate_basis"] == "last epoch" for r in rows)
+    basis = ("val_acc at each one's LAST epoch (this sweep.json predates best-epoch records; "
+             "Table 1 uses the best epoch)" if old else
+             "val_acc at each one's best epoch and the training loss at that epoch, as in "
+             "Table 1 (stetune analyze/export, whose trial counts also include the replicates)")
+    lines += textwrap.wrap(
+        f"(search trials: how each cell's trials ended, finished = ran every epoch; {best_head}: "
+        f"the best finished trial's last epoch, which chose the config. replicates: {basis}; "
+        f"mean ± std over the n finished replicates)", 100)
     return "\n".join(lines)
+
+
+def headline(spec: SweepSpec, state: dict) -> dict:
+    """The parent run's metrics: per cell the search's best value and the replicates' mean."""
+    out = {}
+    for r in state.get("summary") or summary_rows(spec, state):
+        out[f"best_{spec.metric}/{r['cell']}"] = r.get(f"best_{spec.metric}")
+        out[f"replicate_val_acc/{r['cell']}"] = r.get("replicate_val_acc_mean")
+    return {k: v for k, v in out.items() if isinstance(v, (int, float))}
+
+
+def preflight(spec: SweepSpec, local: bool) -> None:
+    from ..phase import check_dataset
+
+    check_dataset(spec.dataset, spec.train.get("data_dir"), local)
 
 
 KIND = register_kind(SweepKind(
     "network", SweepSpec, run, PHASES, summary, resumable=True, analysis="cells",
+    headline=headline, preflight=preflight,
     description="tune every (STE, bits) cell equally, then replicate each cell's best config"))

@@ -118,8 +118,14 @@ def format_repulsion(rows: list[dict], factor: float) -> str:
     return "\n".join(lines)
 
 
+def preflight(spec: RepulsionSpec, local: bool) -> None:
+    from ..phase import check_dataset
+
+    check_dataset(spec.dataset, spec.train.get("data_dir"), local)
+
+
 KIND = register_kind(SweepKind(
     "repulsion", RepulsionSpec, run, PHASES,
     lambda spec, state: format_repulsion(state["rows"], spec.repelled_factor),
-    analysis="repulsion",
+    analysis="repulsion", preflight=preflight,
     description="continue a trained minimum with other STEs at a small lr (paper Fig. 2/4)"))

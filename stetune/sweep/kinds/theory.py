@@ -95,7 +95,7 @@ def run(session) -> None:
                   per_cell=len(spec.lrs) * len(spec.inits) * len(spec.seeds),  # cell: ste x size
                   configs=[_config(t) for t in trials], metric="loss", mode="min",
                   status=partial(_status, steps=spec.steps), fixed=fixed,
-                  final_keys=(*SUMMARY_KEYS, "epoch"), max_failures=0)
+                  final_keys=SUMMARY_KEYS, max_failures=0)
     results = {}
     for out in run_phase(session, phase):
         results[tuple(out.cfg["params"][k] for k in GRID)] = {

@@ -101,7 +101,8 @@ def _finish_sweep(spec, state: dict, storage: str | None = None) -> int:
     _browse(spec, storage)
     failed = [f"{phase}: {t}" for phase, trials in state.get("failed", {}).items() for t in trials]
     if failed:  # a failed trial is a hole in the results (diverged ones are results)
-        print(f"stetune: {len(failed)} trial(s) failed: {'; '.join(failed)}", file=sys.stderr)
+        print(f"stetune: {len(failed)} trial(s) failed: {'; '.join(failed)} (tracebacks: "
+              f"{spec.sweep_dir()}/<phase>/<trial>/error.txt; shown as they happen with -v)", file=sys.stderr)
         return 3
     return 0
 
@@ -190,7 +191,13 @@ def _fault(spec, e: BaseException) -> str:
         return (f"the MLflow server {redact(uri)} stopped answering mid-sweep (MLflow's client "
                 f"gave up after its retries, MLFLOW_HTTP_REQUEST_MAX_RETRIES); once it is back, "
                 f"{go_on}")
-    return f"the MLflow store {redact(uri)} failed ({gist(e)}); once it works again, {go_on}"
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(e, SQLAlchemyError) and hasattr(spec, "resolved_optuna_storage"):
+        where = f"the Optuna storage {redact(spec.resolved_optuna_storage())}"  # the studies'
+    else:
+        where = f"the MLflow store {redact(uri)}"
+    return f"{where} failed ({gist(e)}); once it works again, {go_on}"
 
 
 def _interrupted(command: str, spec, e) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from sqlalchemy.exc import SQLAlchemyError
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -100,7 +101,8 @@ class SpecChanged(TrackingConflict):
     """A resume with a spec other than the one the sweep started with."""
 
 
-STORE_ERRORS = (MlflowException,)  # what a failing store (full disk, dead server) raises
+# what a failing store (full disk, dead server) raises: MLflow's, and the Optuna studies' (RDB)
+STORE_ERRORS = (MlflowException, SQLAlchemyError)
 
 
 class TrackingStateError(RuntimeError):

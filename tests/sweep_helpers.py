@@ -193,6 +193,20 @@ def cli(*args, env=None) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
 
 
+def run_cli(*args, env=None, cwd=None, timeout: float = 600) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `stetune ARGS`, run to its end in its own session."""
+    from service_helpers import stop_session
+
+    proc = subprocess.Popen([sys.executable, "-m", "stetune.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env,
+                            cwd=cwd)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        stop_session(proc)
+    return proc.returncode, out, err
+
+
 def wait_for_runs(spec: SweepSpec, driver: subprocess.Popen, ready, timeout: float = 300) -> None:
     """Poll MLflow until ready(children) holds, the driver still running."""
     deadline = time.monotonic() + timeout

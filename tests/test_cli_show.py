@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from service_helpers import stop_session
-from sweep_helpers import ROOT
+from sweep_helpers import ROOT, run_cli
 
 from stetune.cli import main
 from stetune.cli_show import read_state, sweep_status
@@ -138,13 +137,7 @@ def test_status_of_a_sweep_folder(tmp_path, state, lock, age, want):
 
 # -- one real tiny sweep ---------------------------------------------------------------------------
 def _cli(*args, cwd=None, timeout=900):
-    proc = subprocess.Popen([sys.executable, "-m", "stetune.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=cwd)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        stop_session(proc)
-    return proc.returncode, out, err
+    return run_cli(*args, cwd=cwd, timeout=timeout)
 
 
 # runs `stetune ARGS` in a fresh interpreter and fails (99) if Ray or MLflow got imported

@@ -6,25 +6,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import yaml
 
-from service_helpers import stop_session
-from sweep_helpers import small_spec, sweep_runs, write_spec
+from sweep_helpers import run_cli, small_spec, sweep_runs, write_spec
 
 pytestmark = pytest.mark.slow
 
 
-def _run(*args, env=None, timeout=600):
-    proc = subprocess.Popen([sys.executable, "-m", "stetune.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        stop_session(proc)
-    return proc.returncode, out, err
+_run = run_cli
 
 
 BROKEN_STE = """

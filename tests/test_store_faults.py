@@ -27,7 +27,7 @@ SETS = ["cells.ste=[relu]", "cells.bits=[2]", "budget.trials_per_cell=2", "repli
 
 
 def _logged_an_epoch(children) -> bool:
-    return any(c.info.status == "RUNNING" and "epoch" in c.data.metrics for c in children)
+    return any(c.info.status == "RUNNING" and "val_acc" in c.data.metrics for c in children)
 
 
 def _finish(driver: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:

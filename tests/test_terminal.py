@@ -20,10 +20,8 @@ from sweep_helpers import (check_one_run_per_trial, cli, small_spec, sweep_runs,
 pytestmark = pytest.mark.slow
 
 # every line a sweep may print on stderr at the default verbosity, when stderr is not a terminal
-ALLOWED = [r"\[(search|replicate)\] \d+/\d+ trials ended, \d+ running"
-           r"( · best val_acc \d\.\d{4} \([\w/]+\))?(, about \d+:\d\d left)?",
-           r"\[(search|replicate)\] [\w/]+: \d+/\d+ trials ended(, best val_acc \d\.\d{4})?"
-           r"( \((\d+ (pruned|diverged|failed)(, )?)+\))?"]
+ALLOWED = [r"\[(search|replicate)\] \d+/\d+ trials ended, \d+ running(, about \d+:\d\d left)?"
+           r" · [\w/]+: \d+/\d+(, best val_acc \d\.\d{4})?( \((\d+ (pruned|diverged|failed)(, )?)+\))?"]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +47,11 @@ def test_default_output_is_the_progress_display_and_the_summary(swept):
     assert not strange, strange  # no Ray box, INFO line, warning, TensorBoard hint, traceback
     ended = [ln for ln in lines if re.match(r"\[search\] \d+/6 trials ended", ln)]
     assert [int(re.match(r"\[search\] (\d+)/", ln)[1]) for ln in ended] == list(range(1, 7))
-    assert any(ln.startswith("[search] relu/4: 3/3 trials ended") for ln in lines)
-    assert any(ln.startswith("[replicate] 2/2 trials ended") for ln in lines)
+    # each cell's trials counted up to its budget, with its best so far
+    for cell in ("relu/1", "relu/4"):
+        counts = [int(m[1]) for ln in ended if (m := re.search(rf" · {cell}: (\d)/3", ln))]
+        assert counts == [1, 2, 3], (cell, lines)
+    assert any(ln.startswith("[replicate] 2/2 trials ended, 0 running") for ln in lines)
     assert "Trial status" not in out and "╭" not in out  # Ray's tables are -v only
     assert not out.lstrip().startswith("View")
 
@@ -140,3 +141,69 @@ def test_optuna_dashboard_opens_the_sweeps_studies(swept):
         stop_session(server)
     assert sorted(s["study_name"] for s in studies) == ["look/relu/1", "look/relu/4"]
     assert all(s["directions"] == ["maximize"] for s in studies), studies
+
+
+class _Trial:
+    def __init__(self, trial_id, cell, value, epoch):
+        self.trial_id, self.config = trial_id, {"cfg": {"cell": cell}}
+        self.last_result = {"val_acc": value, "epoch": epoch}
+
+
+def _status(last, errored=False):
+    return "failed" if errored else ("finished" if last["epoch"] >= 3 else "pruned")
+
+
+def _play(progress):
+    from stetune.sweep.progress import set_display
+
+    set_display(1)
+    trials = [_Trial("a", "relu/2", 0.91, 3), _Trial("b", "relu/4", 0.95, 3),
+              _Trial("c", "relu/2", 0.50, 1), _Trial("d", "relu/4", 0.97, 3)]
+    for t in trials[:2]:
+        progress.on_trial_start(0, [], t)
+    progress.on_trial_complete(0, [], trials[0])
+    progress.on_trial_start(0, [], trials[2])
+    progress.on_trial_complete(0, [], trials[1])
+    progress.on_trial_complete(0, [], trials[2])
+    progress.on_trial_start(0, [], trials[3])
+    progress.on_trial_error(0, [], trials[3])
+    progress.on_experiment_end([])
+
+
+def test_progress_lines_in_a_log_count_each_cell_with_its_best_so_far(capsys):
+    import pickle
+
+    from stetune.sweep.progress import PhaseProgress
+
+    progress = PhaseProgress("search", "val_acc", "max", _status, per_cell=2, total=4)
+    _play(progress)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [ln.split(", about")[0].split(" · ")[0] for ln in lines] == [
+        "[search] 1/4 trials ended, 1 running", "[search] 2/4 trials ended, 1 running",
+        "[search] 3/4 trials ended, 0 running", "[search] 4/4 trials ended, 0 running"]
+    assert [ln.split(" · ")[1] for ln in lines] == [
+        "relu/2: 1/2, best val_acc 0.9100", "relu/4: 1/2, best val_acc 0.9500",
+        "relu/2: 2/2, best val_acc 0.9100 (1 pruned)",  # a pruned trial's value is not a best
+        "relu/4: 2/2, best val_acc 0.9500 (1 failed)"]
+    assert "left" in lines[0] and "left" not in lines[-1]
+    restored = pickle.loads(pickle.dumps(progress))  # Tune saves it with the experiment
+    assert sum(map(len, restored.ended.values())) == 4 and not restored._running
+
+
+def test_progress_on_a_terminal_is_a_bar_with_lines_above(monkeypatch):
+    import io
+    import sys as _sys
+
+    from stetune.sweep.progress import PhaseProgress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Tty()
+    monkeypatch.setattr(_sys, "stderr", err)
+    _play(PhaseProgress("search", "val_acc", "max", _status, per_cell=2, total=4))
+    text = err.getvalue()
+    assert "\r" in text and "search: 4/4 trials |" in text  # tqdm's bar, redrawn in place
+    assert "[search] relu/2: 2/2, best val_acc 0.9100 (1 pruned)" in text
+    assert "best val_acc 0.9500 (relu/4)" in text  # the best so far, in the bar

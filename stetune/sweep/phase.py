@@ -88,12 +88,16 @@ class DataUnavailable(OSError):
 
 
 def _probe_dataset(name: str, data_dir: str | None) -> str | None:
+    from .. import load_plugins
     from ..data import DatasetError, load_dataset
 
+    load_plugins()  # a plugin's dataset, on a cluster node
     try:
         load_dataset(name, data_dir, limit=1)
     except (DatasetError, OSError) as e:  # DatasetNotFoundError is an OSError
         return str(e)
+    except Exception as e:  # noqa: BLE001 (a plugin's loader may raise anything)
+        return f"dataset {name!r} cannot be loaded ({type(e).__name__}: {e})"
     return None
 
 

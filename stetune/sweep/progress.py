@@ -73,43 +73,40 @@ class PhaseProgress(Callback):
                 for s, v in rows if s == "finished" and isinstance(v, float) and math.isfinite(v)]
         return pick(vals) if vals else (math.nan, None)
 
-    def _cell_line(self, cell: str) -> str:
+    def _cell(self, cell: str) -> str:
+        """'relu/4: 2/3, best val_acc 0.9889 (1 pruned)': the cell's trials so far."""
         rows = self.ended[cell]
         others = [f"{n} {s}" for s in ("pruned", "diverged", "skipped", "failed")
                   if (n := sum(t == s for t, _ in rows))]
         best = self._best(cell)[0]
-        return (f"[{self.phase}] {cell}: {len(rows)}/{self.per_cell} trials ended"
+        return (f"{cell}: {len(rows)}/{self.per_cell}"
                 + (f", best {self.metric} {best:.4f}" if math.isfinite(best) else "")
                 + (f" ({', '.join(others)})" if others else ""))
 
-    def _status(self) -> str:
-        value, cell = self._best()
-        best = f" · best {self.metric} {value:.4f} ({cell})" if cell else ""
-        return f"{len(self._running)} running{best}"
-
     def _show(self, ended: str | None = None) -> None:
-        verbose = _DISPLAY["verbose"]
-        if verbose < 1:
+        if _DISPLAY["verbose"] < 1:
             return
         done = sum(map(len, self.ended.values()))
         if self._t0 is None:
             self._t0, self._n0 = time.monotonic(), done
-        cell_done = ended is not None and len(self.ended[ended]) >= self.per_cell
-        if not sys.stderr.isatty():  # a log: a line per ended trial, no carriage returns
+        if not sys.stderr.isatty():  # a log: one line per ended trial, no carriage returns
             if ended is not None:
-                print(f"[{self.phase}] {done}/{self.total} trials ended, {self._status()}"
-                      f"{self._eta(done)}" + (f"\n{self._cell_line(ended)}" if cell_done else ""),
-                      file=sys.stderr, flush=True)
+                print(f"[{self.phase}] {done}/{self.total} trials ended, {len(self._running)} "
+                      f"running{self._eta(done)} · {self._cell(ended)}", file=sys.stderr,
+                      flush=True)
             return
         if self._bar is None:
             self._bar = tqdm(total=self.total, initial=done, desc=self.phase, unit="trial",
                              file=sys.stderr, dynamic_ncols=True, leave=True,
                              bar_format="{desc}: {n_fmt}/{total_fmt} trials |{bar}| "
                                         "[{elapsed}<{remaining}] {postfix}")
-        if cell_done:
-            self._bar.write(self._cell_line(ended), file=sys.stderr)
+        if ended is not None:  # each cell's best so far, above the bar
+            self._bar.write(f"[{self.phase}] {self._cell(ended)}", file=sys.stderr)
+        value, cell = self._best()
         self._bar.n = done
-        self._bar.set_postfix_str(self._status(), refresh=True)
+        self._bar.set_postfix_str(f"{len(self._running)} running"
+                                  + (f" · best {self.metric} {value:.4f} ({cell})" if cell else ""),
+                                  refresh=True)
 
     def _eta(self, done: int) -> str:
         new = done - (self._n0 or 0)

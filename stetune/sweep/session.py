@@ -32,6 +32,7 @@ __all__ = ["Session", "SweepInterrupted", "SweepStateError", "StorageError", "Cl
 # MLflow database tables", Optuna's "A new study created", Ray's start-up and token-auth notes
 _CHATTY = ("mlflow", "alembic", "optuna", "ray", "ray.tune",
            "ray._private.authentication.authentication_token_setup")
+_TRACEBACKS = ("ray.tune.execution.tune_controller", "ray.tune.tune")
 
 
 def state_path(spec) -> Path:
@@ -119,15 +120,26 @@ class _Signals:
 
 
 @contextmanager
-def sweep_session(spec, kind: SweepKind, *, address: str | None, resume: bool,
-                  verbose: int, allow_spec_change: bool = False) -> Iterator[Session]:
+def sweep_session(spec, kind: SweepKind, *, verbose: int, **kw) -> Iterator[Session]:
+    """The session (below) with the libraries' output as `verbose` says, put back after: a
+    process that runs several sweeps (tests, notebooks) keeps its own settings."""
+    restore = _quiet(verbose)
+    try:
+        with _sweep_session(spec, kind, verbose=verbose, **kw) as session:
+            yield session
+    finally:
+        restore()
+
+
+@contextmanager
+def _sweep_session(spec, kind: SweepKind, *, address: str | None, resume: bool,
+                   verbose: int, allow_spec_change: bool = False) -> Iterator[Session]:
     """Yield the sweep's Session (state: sweep.json; empty for a new sweep) with its parent MLflow
     run open, its tracker registered for the callbacks and Ray initialised. On exit the state is
     saved and logged to the parent run, which ends FINISHED; KILLED with its open trial runs if
     the driver was interrupted (SweepInterrupted), FAILED with them if the body raised."""
     root = spec.sweep_dir()
     path = state_path(spec)
-    _quiet(verbose)
     bound_client_retries()
     check_server(spec.resolved_tracking_uri())  # a down server: fail now, make nothing
     check_cluster(address)
@@ -201,24 +213,40 @@ def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int
     tracker.end_sweep("FINISHED")
 
 
-def _quiet(verbose: int) -> None:
-    """Library chatter off unless -v; stetune's progress display as verbose says."""
-    set_display(verbose)
-    if verbose >= 2:
-        return
+def _quiet(verbose: int):
+    """Library chatter off unless -v; stetune's progress display as verbose says. Returns what
+    puts the previous settings back."""
     import optuna
 
+    loggers = {name: logging.getLogger(name) for name in (*_CHATTY, *_TRACEBACKS)}
+    levels = {name: lg.level for name, lg in loggers.items()}
+    env = {k: os.environ.get(k) for k in ("RAY_AIR_NEW_OUTPUT", "TUNE_WARN_THRESHOLD_S")}
+    optuna_level = optuna.logging.get_verbosity()
+
+    def restore() -> None:
+        set_display(1)
+        optuna.logging.set_verbosity(optuna_level)
+        for name, lg in loggers.items():
+            lg.setLevel(levels[name])
+            lg.removeFilter(_no_trial_tracebacks)
+        for k, v in env.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+    set_display(verbose)
+    if verbose >= 2:
+        return restore
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # optuna resets its logger's level
     for name in _CHATTY:
-        logging.getLogger(name).setLevel(logging.WARNING if "auth" not in name else logging.ERROR)
+        loggers[name].setLevel(logging.WARNING if "auth" not in name else logging.ERROR)
     # a failed trial's traceback: the summary names the trial and its error, Tune keeps the
     # traceback in the trial's error.txt (shown with -v)
-    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
-        logging.getLogger(name).addFilter(_no_trial_tracebacks)
+    for name in _TRACEBACKS:
+        loggers[name].addFilter(_no_trial_tracebacks)
     # Tune's newer console output prints each phase's configuration box and a TensorBoard hint
     # at any verbosity; its classic reporter is silent at verbose=0
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")  # "on_step_begin took 0.6 s" notes
+    return restore
 
 
 def _no_trial_tracebacks(record: logging.LogRecord) -> bool:

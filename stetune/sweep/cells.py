@@ -87,9 +87,10 @@ class CellSearcher(_PickledState, Searcher):
             never = result is None or self.metric not in result  # Optuna records it as failed
             # stopped early by ASHA: Optuna's PRUNED (its value the last intermediate one), so
             # the dashboard and TPE tell it from a trial that ran every epoch
-            pruned = (not never and not error and self.epochs is not None
+            epochs = getattr(self, "epochs", None)  # None: a searcher saved by an older stetune
+            pruned = (not never and not error and epochs is not None
                       and result.get("status") != "diverged"
-                      and result.get("epoch", self.epochs) < self.epochs)
+                      and result.get("epoch", epochs) < epochs)
             sub = self.subs[self.trial_cell[trial_id]]
             value = None if never else result[self.metric]
             if isinstance(value, (int, float)) and math.isfinite(value) \

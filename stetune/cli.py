@@ -167,25 +167,37 @@ def _run_bench(args) -> int:
 
 def _add_bench_sweep(sub) -> None:
     p = sub.add_parser(
-        "bench-sweep", help="measure sweep utilisation and per-trial overhead",
-        description="Run a sweep of identical-length LeNet-5 trials on digits on a local Ray and "
-                    "report utilisation = sum of the trials' epoch times / (wall time x slots), and "
-                    "the per-trial overhead (start-up, scheduling, checkpoints, MLflow).",
+        "bench-sweep", help="measure sweep utilisation against a plain process pool",
+        description="Run the same LeNet-5 trials on digits twice: in a plain process pool (the "
+                    "floor: train() per trial, nothing else), then as a sweep on a local Ray. "
+                    "Reports each one's utilisation = sum of the trials' epoch times / (wall time "
+                    "x slots), the per-trial overhead, the sweep's utilisation as a share of the "
+                    "floor's and its overhead beyond the floor per epoch.",
         formatter_class=_Defaults)
     p.add_argument("--trials", type=int, default=8, help="number of trials")
-    p.add_argument("--epochs", type=int, default=100, help="epochs per trial (100 ≈ 30 s on one core)")
+    p.add_argument("--epochs", type=int, default=100, help="epochs per trial (100 ≈ 20 s on one core)")
     p.add_argument("--slots", type=int, default=2, help="concurrent trials (one CPU each)")
+    p.add_argument("--mlflow-server", action="store_true",
+                   help="log through an `mlflow server` on 127.0.0.1 instead of a sqlite file")
+    p.add_argument("--no-floor", action="store_true", help="skip the process-pool run")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(func=_run_bench_sweep)
 
 
 def _run_bench_sweep(args) -> int:
-    from .sweep.bench import sweep_utilisation
+    from .sweep.bench import format_report, sweep_utilisation
 
-    r = sweep_utilisation(trials=args.trials, epochs=args.epochs, slots=args.slots)
-    print(f"{r['trials']} trials x {r['train_s_per_trial']:.1f} s of training on {r['slots']} slots: "
-          f"wall {r['wall_s']:.1f} s, utilisation {r['utilisation']:.3f}, "
-          f"overhead {r['overhead_s_per_trial']:.2f} s per trial")
-    print(json.dumps(r, indent=2))
+    for name in ("trials", "epochs", "slots"):
+        if getattr(args, name) < 1:
+            print(f"stetune bench-sweep: error: --{name} must be >= 1, but got "
+                  f"{getattr(args, name)}", file=sys.stderr)
+            return 2
+    r = sweep_utilisation(trials=args.trials, epochs=args.epochs, slots=args.slots,
+                          server=args.mlflow_server, floor=not args.no_floor)
+    print(format_report(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
     return 0
 
 

@@ -10,7 +10,6 @@ never duplicates runs, params or metric points.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,59 +22,16 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import (MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH,
                                      MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH)
 
-from .naming import (MASK, TRIAL_STATUSES, WEIGHTS_ARTIFACT, as_float, flatten, is_secret_key,
-                     metric_key, quote, redact)
+from .naming import (MASK, TRIAL_STATUSES, as_float, flatten, is_secret_key, metric_key, quote,
+                     redact)
+from .tracking_store import create_sqlite_store, download_weights, log_sweep_artifacts
+from .tracking_writer import EpochWriter
 from .version import provenance_tags
 
 __all__ = ["SweepTracker", "TrackingConflict", "SpecChanged", "TrackingStateError", "STORE_ERRORS",
            "download_weights", "log_sweep_artifacts"]
 
 _SWEEP_STATUSES = ("FINISHED", "FAILED", "KILLED")
-
-
-def _create_sqlite_store(db_path: Path, artifact_root: str) -> None:
-    """Create an MLflow sqlite store at db_path atomically: build it under a temporary name, then
-    hard-link it into place. Anyone who opens db_path while the store is being built (`stetune
-    status`, `mlflow ui`, a test polling) would otherwise find half-made tables and run MLflow's
-    migrations a second time, which fails the creating driver ("table ... already exists")."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-    tmp = db_path.with_name(f".{db_path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    tmp_uri = f"sqlite:///{tmp}"
-    try:
-        store = SqlAlchemyStore(tmp_uri, artifact_root)  # creates and migrates every table
-        store.engine.dispose()  # close the file before it is linked into place
-        getattr(SqlAlchemyStore, "_engine_map", {}).pop(tmp_uri, None)
-        try:
-            os.link(tmp, db_path)  # atomic and never overwrites: a concurrent creator's store wins
-        except FileExistsError:
-            pass
-        except OSError:  # a filesystem without hard links: rename (atomic, may overwrite)
-            if not db_path.exists():
-                os.replace(tmp, db_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def download_weights(tracking_uri: str, run_id: str, dst_dir: str | Path) -> Path:
-    """The weights a trial run logged (WEIGHTS_ARTIFACT), downloaded into dst_dir."""
-    client = MlflowClient(tracking_uri=tracking_uri)
-    try:
-        client.get_run(run_id)
-    except MlflowException as e:
-        raise ValueError(f"start.run must be an MLflow run id at {redact(tracking_uri)}, but got "
-                         f"start.run={run_id!r} ({e.error_code})") from None
-    try:
-        return Path(client.download_artifacts(run_id, WEIGHTS_ARTIFACT, str(dst_dir)))
-    except (MlflowException, OSError):
-        raise ValueError(f"run {run_id} has no {WEIGHTS_ARTIFACT} artifact: only replicate and "
-                         f"pretrain trials log their weights") from None
-
-
-def log_sweep_artifacts(tracking_uri: str, run_id: str, paths, artifact_path: str) -> None:
-    """Attach files (tables, figures, the report) to a sweep's parent run, under artifact_path."""
-    client = MlflowClient(tracking_uri=tracking_uri)
-    for p in paths:
-        client.log_artifact(run_id, str(p), artifact_path)
 
 
 def _str_items(d: dict, limit: int) -> dict[str, str]:
@@ -136,11 +92,13 @@ class SweepTracker:
                 # directory*; keep artifacts next to the database so the store is self-contained.
                 artifact_location = (db_path.parent / "artifacts").as_uri()
                 if not db_path.exists():
-                    _create_sqlite_store(db_path, artifact_location)
+                    create_sqlite_store(db_path, artifact_location)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = self._get_or_create_experiment(experiment, artifact_location)
         self._parent_run_id: str | None = None
+        self._resumed = False  # a fresh sweep's trial runs are all in self._trials: no lookups
         self._trials: dict[str, _Trial] = {}
+        self._epochs = EpochWriter(self.client)  # per-epoch metrics, batched off the event loop
         self._context: dict | None = None
 
     @property
@@ -221,7 +179,7 @@ class SweepTracker:
                 tags[f"stetune.spec_changed.{resumes}"] = ", ".join(changed)
                 spec_file = f"spec.resume{resumes}.yaml"
             params = {k: v for k, v in params.items() if k not in old}
-        self._parent_run_id = run_id
+        self._parent_run_id, self._resumed = run_id, existing is not None
         self._log_batch(run_id, params=params, tags=_str_items(tags, MAX_TAG_VAL_LENGTH))
         # Same redaction as the params: the artifact must not leak what the params hide.
         self.client.log_text(run_id, yaml.safe_dump(redact(spec), sort_keys=False), spec_file)
@@ -239,6 +197,7 @@ class SweepTracker:
     def describe(self, text: str, metrics: dict | None = None) -> None:
         """The parent run's description (MLflow's note, shown as Markdown on the run's page) and
         the sweep's headline numbers as metrics (e.g. the best value per cell)."""
+        self.flush()
         ts = _now_ms()
         self._log_batch(self.parent_run_id,
                         metrics=[Metric(metric_key(k), f, ts, 0) for k, v in (metrics or {}).items()
@@ -246,6 +205,7 @@ class SweepTracker:
                         tags={"mlflow.note.content": text[:MAX_TAG_VAL_LENGTH]})
 
     def end_sweep(self, status: str = "FINISHED") -> None:
+        self.flush()
         if status not in _SWEEP_STATUSES:
             raise ValueError(f"sweep status must be one of {_SWEEP_STATUSES}, got {status!r}")
         self.client.set_terminated(self.parent_run_id, status=status)
@@ -273,7 +233,7 @@ class SweepTracker:
             raise ValueError(f"stetune.phase must be one of {self.phases}, but got {phase!r}")
         want_params = _str_items(params, MAX_PARAM_VAL_LENGTH)
         want_tags = _str_items(tags, MAX_TAG_VAL_LENGTH)
-        run = self._find_trial_run(trial_id)
+        run = self._find_trial_run(trial_id) if self._resumed else None
         if run is None:
             run = self.client.create_run(
                 self.experiment_id, run_name=name or trial_id,
@@ -305,6 +265,7 @@ class SweepTracker:
         """Delete this sweep's `phase` trial runs whose trial id is not in `keep`: runs opened by a
         driver that was killed before its experiment snapshot recorded the trial. The resumed
         sweep re-issues that work under new trial ids, so the orphan would be a duplicate."""
+        self.flush()
         runs = self._children(f"tags.`stetune.phase` = {quote(phase)}")
         dropped = [r.data.tags.get("stetune.trial_id", "") for r in runs
                    if r.data.tags.get("stetune.trial_id") not in keep]
@@ -316,12 +277,14 @@ class SweepTracker:
 
     def count_ended(self, phase: str) -> int:
         """How many of this sweep's `phase` trial runs have ended (are not RUNNING)."""
+        self.flush()
         runs = self._children(f"tags.`stetune.phase` = {quote(phase)}")
         return sum(r.info.status != "RUNNING" for r in runs)
 
     def end_open_trials(self, status: str) -> list[str]:
         """End every trial run of this sweep still RUNNING with `status` (a driver stopping
         mid-phase: interrupted, or failed); returns their trial ids."""
+        self.flush()
         if self._parent_run_id is None:
             return []
         runs = self._children("attributes.status = 'RUNNING'")
@@ -365,11 +328,16 @@ class SweepTracker:
         ts = _now_ms()
         values = {metric_key(k): f for k, v in metrics.items()  # the epoch is the step
                   if k != "epoch" and (f := as_float(v)) is not None}
-        self._log_batch(trial.run_id, metrics=[Metric(k, v, ts, step) for k, v in values.items()])
+        self._epochs.put(trial.run_id, [Metric(k, v, ts, step) for k, v in values.items()])
         trial.last_step = step
+
+    def flush(self) -> None:
+        """Write the per-epoch metrics still pending (a failure raises here: STORE_ERRORS)."""
+        self._epochs.flush()
 
     def end_trial(self, trial_id: str, status: str, summary: dict | None = None,
                   name: str | None = None) -> None:
+        self.flush()  # this run's epochs (and any others) first
         if status not in TRIAL_STATUSES:
             raise ValueError(f"trial status must be one of {sorted(TRIAL_STATUSES)}, "
                              f"got {status!r}")

@@ -143,11 +143,12 @@ def measure_train(model: nn.Module, data: Dataset, batch_size: int, seed: int) -
 
 
 def train(spec: RunSpec, report: Report | None = None, *, checkpoint_dir: str | Path | None = None,
-          progress: bool = False) -> RunResult:
+          checkpoint_every: float = 0.0, progress: bool = False) -> RunResult:
     """Train `spec` to the end (or to divergence), reporting each epoch's metrics.
 
-    With `checkpoint_dir`, the full state is saved there after every epoch, and a run that finds
-    a checkpoint there continues from it bit-exactly."""
+    With `checkpoint_dir`, the full state is saved there after an epoch once `checkpoint_every`
+    seconds have passed since the last save (0: every epoch), and always after the last one; a
+    run that finds a checkpoint there continues from it bit-exactly."""
     spec = spec.validate().resolved()
     report = report or (lambda metrics: None)
     device = resolve_device(spec.device)
@@ -183,6 +184,7 @@ def train(spec: RunSpec, report: Report | None = None, *, checkpoint_dir: str | 
         report(dict(metrics, status=result.status))
 
     model.train()
+    saved_at = time.monotonic()
     for epoch in range(result.epochs_run + 1, spec.epochs + 1):
         t0 = time.perf_counter()
         # STE switch (the repulsion experiment): from `switch_ste_at` on, train with `switch_ste`
@@ -222,8 +224,10 @@ def train(spec: RunSpec, report: Report | None = None, *, checkpoint_dir: str | 
             result.best_val_acc = max(result.best_val_acc, metrics["val_acc"])
         if diverged:
             result.status = "diverged"
-        if ckpt_path is not None:
+        last = diverged or epoch == spec.epochs
+        if ckpt_path is not None and (last or time.monotonic() - saved_at >= checkpoint_every):
             save_checkpoint(ckpt_path, model, opt, sched, gen, epoch, result.history, spec.to_dict())
+            saved_at = time.monotonic()
         report(dict(metrics, status=result.status))
         if diverged:
             break

@@ -151,8 +151,12 @@ def tune_failures(spec: SweepSpec) -> dict[str, int]:
         if not states:
             continue
         for trial_json, meta_json in json.loads(states[-1].read_text())["trial_data"]:
-            trial_id = json.loads(trial_json)["trial_id"]
-            out[f"{phase_dir.name}-{trial_id}"] = json.loads(meta_json)["num_failures"]
+            trial = json.loads(trial_json)
+            members = (trial.get("config") or {}).get("cfg", {}).get("members")
+            ids = ([f"{trial['trial_id']}-{i}" for i in range(len(members))] if members
+                   else [trial["trial_id"]])  # a pack's members: its retries are theirs
+            for trial_id in ids:
+                out[f"{phase_dir.name}-{trial_id}"] = json.loads(meta_json)["num_failures"]
     return out
 
 

@@ -104,17 +104,19 @@ def test_ray_and_mlflow_stay_in_their_layers():
     _, edges, external = _graph()
     ray = {m for m, ext in external.items() if "ray" in ext}
     assert ray and all(m.startswith("stetune.sweep.") for m in ray), sorted(ray)
-    # the writer, the reader (analysis), the sweep benchmark's read-back and the analysis CLI
-    # (it names MLflow's errors); nobody else
+    # the writer (its batching thread, its store helpers), the reader (analysis), the sweep
+    # benchmark's read-back and the analysis CLI (it names MLflow's errors); nobody else
     mlflow = {m for m, ext in external.items() if "mlflow" in ext}
-    assert mlflow == {"stetune.tracking", "stetune.analysis", "stetune.sweep.bench",
-                      "stetune.cli_analysis"}, sorted(mlflow)
+    assert mlflow == {"stetune.tracking", "stetune.tracking_writer", "stetune.tracking_store",
+                      "stetune.analysis", "stetune.sweep.bench", "stetune.cli_analysis"}, \
+        sorted(mlflow)
     # analysis, report and export read: none of them imports the writer
     for reader in ("stetune.analysis", "stetune.report", "stetune.export"):
         assert "stetune.tracking" not in edges[reader], reader
     # upstream layers import nothing downstream of them
-    upstream = [m for m in edges if m.split(".")[1:2] and m.split(".")[1] in ("spec", "quant", "models", "data", "train",
-                                                        "checkpoint", "naming", "stability")]
+    upstream = [m for m in edges if m.split(".")[1:2] and m.split(".")[1] in (
+        "spec", "quant", "models", "data", "train", "checkpoint", "naming", "stability", "pack",
+        "pack_model", "pack_state", "pack_auto", "bench_pack")]
     downstream = ("stetune.sweep", "stetune.tracking", "stetune.analysis", "stetune.report",
                   "stetune.export", "stetune.cli")
     bad = {m: sorted(t for t in edges[m] if t.startswith(downstream)) for m in upstream}

@@ -198,10 +198,14 @@ def _cli(*args, **kw):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
 
-def test_sigkill_driver_then_resume_finishes_exactly_the_budget(tmp_path):
-    spec = small_spec(tmp_path, "crash", ["budget.trials_per_cell=3", "replicates.seeds=[1]",
+@pytest.mark.parametrize("pack", [1, 2])
+def test_sigkill_driver_then_resume_finishes_exactly_the_budget(tmp_path, pack):
+    # pack 2: the search's trials in packs of 2 and 1 per cell, each replicate pair in one
+    seeds = "[1]" if pack == 1 else "[1, 2]"
+    spec = small_spec(tmp_path, "crash", ["budget.trials_per_cell=3", f"replicates.seeds={seeds}",
                                           "cells.ste=[identity, clipped_relu]", "cells.bits=[2]",
-                                          "train.epochs=3", "train.limit=1000"])
+                                          "train.epochs=3", "train.limit=1000",
+                                          f"resources.pack={pack}"])
     path = write_spec(spec, tmp_path / "crash.yaml")
     driver = _cli("sweep", str(path), "--quiet")
     # wait until the search is under way (some trials ended, others still running), then SIGKILL
@@ -226,4 +230,5 @@ def test_sigkill_driver_then_resume_finishes_exactly_the_budget(tmp_path):
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out[-4000:]
     assert "clipped_relu/2" in out and "mlflow ui --backend-store-uri" in out
-    check_one_run_per_trial(spec, n_search=6, n_replicate=2)
+    runs = check_one_run_per_trial(spec, n_search=6, n_replicate=2 * len(spec.replicates.seeds))
+    assert all(("stetune.pack" in r.data.tags) == (pack > 1) for r in runs)

@@ -14,7 +14,8 @@ from ..data import list_datasets
 from ..quant import list_stes
 from .base import NAME_RULE, Mlflow, Placement
 from .errors import fail, reroute
-from .fields import Bool, Choice, FieldsOf, Int, ListOf, Num, Opt, Section, fld
+from .errors import is_int
+from .fields import Bool, Choice, FieldsOf, Int, ListOf, Num, Opt, Rule, Section, fld
 from .run import MAX_EPOCHS, MAX_SEED, Bits, RunSpec, SpecError, _models
 from .search import DISTS, TUNABLE, Param, Search, SearchSpace, suggest
 
@@ -75,6 +76,23 @@ def _fractional_below_1(x) -> bool:  # Ray: a fraction of one GPU, or whole GPUs
     return x <= 1 or x == int(x)
 
 
+MAX_PACK = 1024  # far past what one device fits of the smallest model
+
+
+class Pack(Rule):
+    """A pack size: an int in 1..MAX_PACK, or 'auto' (from the device's memory, on the worker)."""
+    words = f"an int in 1..{MAX_PACK} or 'auto'"
+
+    def parse(self, value, path):
+        if value == "auto" or (is_int(value) and 1 <= value <= MAX_PACK):
+            return value
+        raise SpecError(f"{path} must be {self.words}, but got {path}={value!r}")
+
+    def schema(self):
+        return {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_PACK},
+                          {"const": "auto"}]}
+
+
 @dataclass(frozen=True)
 class Resources:
     cpus_per_trial: float = fld(Num(gt=0), "one core per trial: the small nets are not "
@@ -83,6 +101,11 @@ class Resources:
         Num(ge=0, words="a number >= 0, fractional only below 1 (e.g. 0.25)",
             test=_fractional_below_1, extra={"anyOf": [{"maximum": 1}, {"multipleOf": 1}]}),
         "CPU by default: runs anywhere; fractional shares a GPU", default=0)
+    checkpoint_s: float = fld(Num(ge=0, le=86_400), "seconds between a trial's checkpoints (0: "
+                              "every epoch), and always its last epoch: a retry redoes at most "
+                              "this much", default=5)
+    pack: int | str = fld(Pack(), "trials of one cell trained as one vectorised model in one "
+                          "process (1: one each; auto: from the device's memory)", default=1)
 
 
 @dataclass(frozen=True, kw_only=True)

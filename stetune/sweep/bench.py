@@ -1,43 +1,143 @@
-"""`stetune bench-sweep`: how much of the machine a sweep keeps busy.
+"""`stetune bench-sweep`: how much of the machine a sweep keeps busy, against the floor.
 
-utilisation = sum of the trials' training time / (wall time x concurrent slots). Training time
-is the sum of the epochs' own timings; everything else (Ray and Tune start-up, scheduling,
-checkpoint persistence, MLflow logging, data loading) is overhead, reported per trial."""
+The same trials (LeNet-5 on digits, one lr each, no early stopping) run twice in one command:
+first in a plain process pool (`train()` per trial, nothing else: the floor any orchestration
+is measured against), then as a stetune sweep (Ray Tune, Optuna's grid, MLflow child runs,
+checkpoints). utilisation = sum of the trials' training time (their epochs' own timings) /
+(wall time x slots); everything else (start-up, scheduling, checkpoints, MLflow) is overhead,
+reported per trial and, for the sweep's excess over the floor, per epoch."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from ..spec import SweepSpec
+from ..spec import RunSpec, SweepSpec
 from .runner import run_sweep
 
-__all__ = ["sweep_utilisation"]
+__all__ = ["sweep_utilisation", "pool_floor", "format_report"]
+
+BATCH = 64
 
 
-def sweep_utilisation(trials: int = 8, epochs: int = 100, slots: int = 2, storage: str | None = None) -> dict:
-    storage = storage or tempfile.mkdtemp(prefix="stetune-bench-")
-    spec = SweepSpec.from_dict({
-        "name": "bench-utilisation", "model": "lenet5", "dataset": "digits", "storage": storage,
-        "cells": {"ste": ["clipped_relu"], "bits": [2]},
-        # a wide lr range so trials differ, but none is stopped early: every trial runs all epochs
-        "search": {"lr": {"dist": "loguniform", "low": 0.01, "high": 0.1}},
-        "train": {"epochs": epochs, "batch_size": 64},
-        "budget": {"trials_per_cell": trials}, "replicates": {"seeds": []},
-        "asha": {"enabled": False}, "max_concurrent": slots,
-        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0}})
+def _lrs(trials: int) -> list[float]:
+    """Distinct learning rates, log-spaced over [0.01, 0.1]: trials differ, none diverges."""
+    return [round(0.01 * 10 ** (i / max(1, trials - 1)), 6) for i in range(trials)]
+
+
+def _one_trial(kwargs: dict) -> float:
+    import torch
+
+    from ..train import train
+
+    torch.set_num_threads(1)  # as a Ray trial with one CPU runs
+    result = train(RunSpec(**kwargs))
+    return sum(h["epoch_time"] for h in result.history)
+
+
+def pool_floor(trials: int, epochs: int, slots: int) -> dict:
+    """The trials in a process pool of `slots` workers: no Ray, no MLflow, no checkpoints."""
+    runs = [dict(model="lenet5", dataset="digits", ste="clipped_relu", bits=2, epochs=epochs,
+                 batch_size=BATCH, lr=lr, seed=0, device="cpu") for lr in _lrs(trials)]
     t0 = time.perf_counter()
-    run_sweep(spec, verbose=0)
-    wall = time.perf_counter() - t0
-    client = MlflowClient(spec.resolved_tracking_uri())
-    exp = client.get_experiment_by_name(spec.resolved_experiment())
-    runs = [r for r in client.search_runs([exp.experiment_id], max_results=1000)
-            if r.data.tags.get("stetune.kind") == "trial"]
-    train_s = sum(m.value for r in runs for m in client.get_metric_history(r.info.run_id, "epoch_time"))
-    return {"trials": len(runs), "slots": slots, "wall_s": wall, "train_s": train_s,
-            "train_s_per_trial": train_s / max(1, len(runs)),
+    with ProcessPoolExecutor(max_workers=slots) as pool:
+        train_s = sum(pool.map(_one_trial, runs))
+    return _figures(trials, slots, time.perf_counter() - t0, train_s)
+
+
+def _figures(trials: int, slots: int, wall: float, train_s: float) -> dict:
+    return {"trials": trials, "slots": slots, "wall_s": wall, "train_s": train_s,
+            "train_s_per_trial": train_s / max(1, trials),
             "utilisation": train_s / (wall * slots),
-            "overhead_s_per_trial": (wall * slots - train_s) / max(1, len(runs)),
-            "storage": storage}
+            "overhead_s_per_trial": (wall * slots - train_s) / max(1, trials)}
+
+
+@contextlib.contextmanager
+def _mlflow_server(folder: Path):
+    """`mlflow server` on a free loopback port, with a sqlite store in `folder`."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(folder / "mlflow-server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+         "--default-artifact-root", str(folder / "server-artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start: see {log.name}")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+        log.close()
+
+
+def sweep_utilisation(trials: int = 8, epochs: int = 100, slots: int = 2,
+                      storage: str | None = None, server: bool = False,
+                      floor: bool = True) -> dict:
+    """The floor (unless floor=False), then the sweep; both dicts of `_figures` plus ratios."""
+    storage = storage or tempfile.mkdtemp(prefix="stetune-bench-")
+    out = {"storage": storage, "epochs": epochs}
+    if floor:
+        out["floor"] = pool_floor(trials, epochs, slots)
+    with (_mlflow_server(Path(storage)) if server else contextlib.nullcontext(None)) as uri:
+        spec = SweepSpec.from_dict({
+            "name": "bench-utilisation", "model": "lenet5", "dataset": "digits",
+            "storage": storage, "cells": {"ste": ["clipped_relu"], "bits": [2]},
+            # the floor's learning rates, each once; no trial stopped early: all run every epoch
+            "search": {"method": "grid", "lr": _lrs(trials)},
+            "train": {"epochs": epochs, "batch_size": BATCH, "device": "cpu"},
+            "replicates": {"seeds": []}, "asha": {"enabled": False}, "max_concurrent": slots,
+            "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+            "mlflow": {"tracking_uri": uri} if uri else {}})
+        t0 = time.perf_counter()
+        run_sweep(spec, verbose=0)
+        wall = time.perf_counter() - t0
+        client = MlflowClient(spec.resolved_tracking_uri())
+        exp = client.get_experiment_by_name(spec.resolved_experiment())
+        runs = [r for r in client.search_runs([exp.experiment_id], max_results=50_000)
+                if r.data.tags.get("stetune.kind") == "trial"]
+        train_s = sum(m.value for r in runs
+                      for m in client.get_metric_history(r.info.run_id, "epoch_time"))
+    out["sweep"] = _figures(len(runs), slots, wall, train_s)
+    out["tracking"] = "mlflow server (sqlite behind it)" if server else "sqlite file"
+    if floor:
+        f, s = out["floor"], out["sweep"]
+        out["utilisation_vs_floor"] = s["utilisation"] / f["utilisation"]
+        out["excess_overhead_ms_per_epoch"] = 1e3 * max(
+            0.0, s["overhead_s_per_trial"] - f["overhead_s_per_trial"]) / epochs
+    return out
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{'':<8} {'trials':>6} {'wall s':>8} {'train s/trial':>13} {'utilisation':>11} "
+             f"{'overhead s/trial':>16}"]
+    for key in ("floor", "sweep"):
+        if key in r:
+            f = r[key]
+            lines.append(f"{key:<8} {f['trials']:>6} {f['wall_s']:>8.1f} "
+                         f"{f['train_s_per_trial']:>13.2f} {f['utilisation']:>11.3f} "
+                         f"{f['overhead_s_per_trial']:>16.2f}")
+    if "utilisation_vs_floor" in r:
+        lines.append(f"sweep utilisation / floor: {r['utilisation_vs_floor']:.3f}; the sweep's "
+                     f"overhead beyond the floor: {r['excess_overhead_ms_per_epoch']:.1f} ms per "
+                     f"epoch ({r['epochs']} epochs per trial, MLflow: {r['tracking']})")
+    return "\n".join(lines)

@@ -71,6 +71,12 @@ class TrackingCallback(Callback):
     def __setstate__(self, state):
         self.__dict__.update({"_checkpoints": {}} | state)
 
+    def get_state(self):
+        # Tune snapshots the experiment now: MLflow must hold every epoch it has seen, or a
+        # resume from this snapshot would not re-report the ones the writer still held
+        self.tracker.flush()
+        return None
+
     @property
     def tracker(self) -> SweepTracker:
         if self._tracker is None:
@@ -107,15 +113,16 @@ class TrackingCallback(Callback):
             if isinstance(last.get("note"), str):  # a trial's own word on its outcome
                 self.tracker.tag_trial(self.key(trial), {"stetune.note": last["note"]})
             if self.log_weights and status == "finished" and checkpoint is not None:
-                self._log_weights(self.key(trial), checkpoint)
+                self._log_weights(self.key(trial), checkpoint, getattr(trial, "member", None))
         except Exception as e:  # the trial's result stands without its weights: don't lose the sweep
             warnings.warn(f"trial {self.key(trial)}: its weights were not logged to MLflow: {e!r}")
         finally:
             self.tracker.end_trial(self.key(trial), status, _finals(last, self.final_keys),
                                    name=_ended_name(trial, status))
 
-    def _log_weights(self, key: str, checkpoint) -> None:
-        """The model weights and run spec of the trial's last checkpoint (no optimizer state)."""
+    def _log_weights(self, key: str, checkpoint, member: int | None = None) -> None:
+        """The model weights and run spec of the trial's last checkpoint (no optimizer state);
+        a pack member's own, out of its pack's checkpoint."""
         import torch
 
         from ..checkpoint import CHECKPOINT_FILE, safe_load
@@ -123,6 +130,10 @@ class TrackingCallback(Callback):
         with tempfile.TemporaryDirectory(prefix="stetune-weights-") as tmp:
             state = safe_load(Path(checkpoint.to_directory(f"{tmp}/ckpt")) / CHECKPOINT_FILE,
                               map_location="cpu")
+            if member is not None:
+                from ..pack import member_weights
+
+                state = member_weights(state, member)
             out = Path(tmp) / Path(WEIGHTS_ARTIFACT).name
             torch.save({"model": state["model"], "spec": state["spec"]}, out)
             self.tracker.log_trial_artifact(key, str(out), str(Path(WEIGHTS_ARTIFACT).parent))

@@ -10,17 +10,22 @@ from __future__ import annotations
 import math
 import pickle
 import warnings
+from dataclasses import dataclass
 from functools import partial
 
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers.async_hyperband import _Bracket
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..spec.sweep import suggest
 from .kinds.base import cell_config, cell_key
+from .packs import MEMBER_END, member_id, pack_config, put_stop
 from .samplers import make_sampler, open_storage, study_name
 
-__all__ = ["CellSearcher", "CellASHA"]
+__all__ = ["CellSearcher", "CellASHA", "PackASHA"]
+
+CURVE_POINTS = 25  # intermediate values per Optuna trial: a learning curve, not every epoch
 
 
 class _PickledState:
@@ -41,8 +46,12 @@ class _PickledState:
 class CellSearcher(_PickledState, Searcher):
     def __init__(self, cells: list[tuple[str, int | str]], search: dict, trials_per_cell: int,
                  metric: str, mode: str, seed: int = 0, *, method: str = "tpe",
-                 storage: str | None = None, sweep: str = "sweep", epochs: int | None = None):
+                 storage: str | None = None, sweep: str = "sweep", epochs: int | None = None,
+                 pack: int = 1):
         super().__init__(metric=metric, mode=mode)
+        # pack > 1: each Tune trial is a pack of up to `pack` members of one cell, each member
+        # its own Optuna trial (id "<tune id>-<i>"; packs.py); member_last: their last results
+        self.pack, self.packs, self.member_last, self.members_done = pack, {}, {}, set()
         self.cells = [tuple(c) for c in cells]
         self.trials_per_cell, self.epochs = trials_per_cell, epochs
         # the define-by-run space must be a picklable module-level function, or Tune cannot save
@@ -69,37 +78,86 @@ class CellSearcher(_PickledState, Searcher):
             if not open_cells:
                 return Searcher.FINISHED
             i = min(open_cells, key=lambda j: (self.issued[j], j))  # round-robin over cells
-            self.issued[i] += 1
             self.trial_cell[trial_id] = i
-        params = self.subs[i].suggest(trial_id) or {}
-        ot_trial = self.subs[i]._ot_trials.get(trial_id)
+            self.issued[i] += self._size(trial_id, i)
+        cfgs = [self._member(i, tid) for tid in self._ids(trial_id)]
+        return {"cfg": pack_config(cfgs) if trial_id in self.packs else cfgs[0]}
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        for name, empty in (("pack", 1), ("packs", {}), ("member_last", {}),
+                            ("members_done", set()), ("epochs", None)):
+            self.__dict__.setdefault(name, empty)  # a searcher saved by an older stetune
+
+    def _size(self, trial_id: str, i: int) -> int:
+        k = min(self.pack, self.trials_per_cell - self.issued[i])
+        if self.pack > 1:
+            self.packs[trial_id] = k
+        return k
+
+    def _ids(self, trial_id: str) -> list[str]:
+        """The Optuna trials a Tune trial stands for: itself, or its pack's members."""
+        k = self.packs.get(trial_id)
+        return [trial_id] if k is None else [member_id(trial_id, j) for j in range(k)]
+
+    def _member(self, i: int, tid: str) -> dict:
+        params = self.subs[i].suggest(tid) or {}
+        ot_trial = self.subs[i]._ot_trials.get(tid)
         if ot_trial is not None:  # the dashboard's link to the MLflow run (same tag there)
-            ot_trial.set_user_attr("stetune.trial_id", f"search-{trial_id}")
+            ot_trial.set_user_attr("stetune.trial_id", f"search-{tid}")
         ste, bits = self.cells[i]
-        return {"cfg": cell_config(ste, bits, "search", params, seed=0)}
+        return cell_config(ste, bits, "search", params, seed=0)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self.trial_cell and self.metric in result:
-            self.subs[self.trial_cell[trial_id]].on_trial_result(trial_id, result)
+        if trial_id not in self.trial_cell:
+            return
+        if "member" in result:  # a pack member's epoch, or its end (ASHA stopped it)
+            tid = member_id(trial_id, result["member"])
+            if MEMBER_END in result:
+                self._complete(self.trial_cell[trial_id], tid, self.member_last.get(tid))
+                return
+            result = self.member_last[tid] = {**result, "training_iteration": result["epoch"]}
+        else:
+            tid = trial_id
+        if self.metric in result and self._curve_point(result):
+            self.subs[self.trial_cell[trial_id]].on_trial_result(tid, result)
+
+    def _curve_point(self, result: dict) -> bool:
+        """Whether this epoch goes into Optuna's intermediate values: about CURVE_POINTS per
+        trial (each is a storage transaction on the driver); the last one always does."""
+        epochs, epoch = self.epochs, result.get("epoch")
+        if not (isinstance(epochs, int) and isinstance(epoch, int)):
+            return True
+        return epoch % max(1, -(-epochs // CURVE_POINTS)) == 0 or epoch >= epochs
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self.trial_cell:
-            never = result is None or self.metric not in result  # Optuna records it as failed
-            # stopped early by ASHA: Optuna's PRUNED (its value the last intermediate one), so
-            # the dashboard and TPE tell it from a trial that ran every epoch
-            epochs = getattr(self, "epochs", None)  # None: a searcher saved by an older stetune
-            pruned = (not never and not error and epochs is not None
-                      and result.get("status") != "diverged"
-                      and result.get("epoch", epochs) < epochs)
-            sub = self.subs[self.trial_cell[trial_id]]
-            value = None if never else result[self.metric]
-            if isinstance(value, (int, float)) and math.isfinite(value) \
-                    and trial_id in sub._ot_trials:  # Tune hands the last result only here
-                with warnings.catch_warnings():  # "already reported at this step": fine
-                    warnings.simplefilter("ignore")
-                    sub._ot_trials[trial_id].report(value, int(result.get("training_iteration", 1)))
-            sub.on_trial_complete(trial_id, None if never or pruned else result,
-                                  error=error or never)
+        if trial_id not in self.trial_cell:
+            return
+        if trial_id not in self.packs:
+            return self._complete(self.trial_cell[trial_id], trial_id, result, error)
+        for tid in self._ids(trial_id):  # the pack's members still in it when it ended
+            self._complete(self.trial_cell[trial_id], tid, self.member_last.get(tid), error)
+
+    def _complete(self, cell: int, trial_id: str, result: dict | None, error: bool = False) -> None:
+        if trial_id in self.members_done:
+            return
+        self.members_done.add(trial_id)
+        never = result is None or self.metric not in result  # Optuna records it as failed
+        # stopped early by ASHA: Optuna's PRUNED (its value the last intermediate one), so
+        # the dashboard and TPE tell it from a trial that ran every epoch
+        epochs = self.epochs  # None: a searcher saved by an older stetune
+        pruned = (not never and not error and epochs is not None
+                  and result.get("status") != "diverged"
+                  and result.get("epoch", epochs) < epochs)
+        sub = self.subs[cell]
+        value = None if never else result[self.metric]
+        if isinstance(value, (int, float)) and math.isfinite(value) \
+                and trial_id in sub._ot_trials:  # Tune hands the last result only here
+            with warnings.catch_warnings():  # "already reported at this step": fine
+                warnings.simplefilter("ignore")
+                sub._ot_trials[trial_id].report(value, int(result.get("training_iteration", 1)))
+        sub.on_trial_complete(trial_id, None if never or pruned else result,
+                              error=error or never)
 
 
 class CellASHA(_PickledState, FIFOScheduler):
@@ -121,6 +179,10 @@ class CellASHA(_PickledState, FIFOScheduler):
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return True  # fixed at construction
 
+    def rungs(self) -> tuple[int, ...]:
+        """The epochs after which ASHA may stop a trial (its worker waits for the answer there)."""
+        return tuple(sorted(m for m, _ in ASHAScheduler(**self.kwargs)._brackets[0]._rungs))
+
     def on_trial_add(self, tune_controller, trial):
         self._sub(trial).on_trial_add(tune_controller, trial)
 
@@ -138,3 +200,48 @@ class CellASHA(_PickledState, FIFOScheduler):
     def debug_string(self) -> str:
         return "Per-cell ASHA: " + ", ".join(
             f"{k} stopped {s._num_stopped}" for k, s in sorted(self.cells.items()))
+
+
+@dataclass
+class _Stub:
+    trial_id: str
+
+
+class PackASHA(_PickledState, FIFOScheduler):
+    """ASHA with one bracket per cell over pack members (by their epoch, not Tune's iteration,
+    which counts a pack's results). The pack trial itself always continues; a stopped member's
+    decision goes to its worker through the key-value store (again for a re-reported rung after
+    a retry or resume, so the decision stands). Pickled with the experiment, brackets included."""
+
+    def __init__(self, metric: str, mode: str, max_t: int, grace_period: int,
+                 reduction_factor: float, channel: str):
+        super().__init__()
+        self.score, self.sign = metric, 1 if mode == "max" else -1
+        self.max_t, self.grace, self.rf, self.channel = max_t, grace_period, reduction_factor, channel
+        self.cells: dict[str, _Bracket] = {}
+        self.stopped: set[str] = set()
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True  # fixed at construction
+
+    def rungs(self) -> tuple[int, ...]:
+        return tuple(sorted(m for m, _ in _Bracket(self.grace, self.max_t, self.rf, 0)._rungs))
+
+    def on_trial_result(self, tune_controller, trial, result):
+        member, value, epoch = result.get("member"), result.get(self.score), result.get("epoch")
+        if member is None or MEMBER_END in result or not isinstance(epoch, int) \
+                or not isinstance(value, (int, float)) or epoch >= self.max_t:
+            return TrialScheduler.CONTINUE
+        mid = member_id(trial.trial_id, member)
+        if mid not in self.stopped:
+            cell = trial.config["cfg"]["cell"]
+            bracket = self.cells.setdefault(cell, _Bracket(self.grace, self.max_t, self.rf, 0))
+            reward = self.sign * value if math.isfinite(value) else -math.inf
+            if bracket.on_result(_Stub(mid), epoch, reward) == TrialScheduler.STOP:
+                self.stopped.add(mid)
+        if mid in self.stopped:
+            put_stop(self.channel, mid)
+        return TrialScheduler.CONTINUE
+
+    def debug_string(self) -> str:
+        return f"Per-cell ASHA over pack members: {len(self.stopped)} stopped"

@@ -6,35 +6,43 @@ reports each epoch with it. Kinds get plain `Outcome`s back, never Tune's result
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import tempfile
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import ray
 from ray import tune
 from ray.tune.error import TuneError
+from ray.tune.logger import JsonLoggerCallback
 
 from ..checkpoint import CHECKPOINT_FILE
 from ..tracking import STORE_ERRORS
 from .callbacks import TrackingCallback
 from .kinds.base import FINAL_KEYS, trial_status
+from .packs import MEMBER_END, PackDemux, is_pack, member_id
 from .progress import PhaseProgress
 from .session import SweepInterrupted, SweepStateError
+from .worker import Workspace, trial_workspace
 
 __all__ = ["Phase", "Outcome", "run_phase", "run_one", "trial_workspace", "Workspace",
            "trial_dirname", "check_dataset", "DataUnavailable"]
 
-# every trial checkpoints each epoch by design (resume from the last epoch); Tune's warning about
-# frequent snapshots would fire for every short trial
+# short trials checkpoint often by design (resume from a recent epoch); Tune's warning about
+# frequent snapshots would fire for every one
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # the MLflow client prints a "View run" URL for every run it ends over HTTP
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# Tune's default loggers: CSV, JSON and TensorBoard files per trial, written on the driver for
+# every result. MLflow holds the metrics; result.json alone stays (Outcome.history reads it).
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# a pack's member-end and checkpoint-only results carry no metric (packs.py)
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 # a new worker process per trial re-imports torch and re-initialises (seconds each); trials seed
 # and build everything themselves, so a reused worker gives the same results
 REUSE_ACTORS = True
@@ -44,45 +52,7 @@ def trial_dirname(trial) -> str:
     return trial.trial_id  # default names embed every parameter and overflow path limits
 
 
-# -- on the worker ---------------------------------------------------------------------------------
-def _numeric(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and v is not None}
-
-
-@dataclass
-class Workspace:
-    """A trial's scratch folder on its worker; `ckpt` holds the checkpoint Tune persists."""
-    root: Path
-    ckpt: Path
-    node_id: str
-
-    def write(self, name: str, data: bytes) -> str:
-        path = self.root / name
-        path.write_bytes(data)
-        return str(path)
-
-    def report(self, metrics: dict, *, checkpoint: bool = True) -> None:
-        """Send one result (numbers and strings, plus the node) to Tune, with the checkpoint
-        folder as it is now, so a retried trial resumes from this epoch."""
-        ckpt = tune.Checkpoint.from_directory(str(self.ckpt)) if checkpoint else None
-        tune.report(_numeric(metrics) | {"node_id": self.node_id}, checkpoint=ckpt)
-
-
-@contextmanager
-def trial_workspace(prefix: str = "stetune-trial-") -> Iterator[Workspace]:
-    """Everything travels through Tune (no shared disk): the last reported checkpoint, if this
-    is a retry, is restored into `ckpt` before the trial body runs."""
-    from .. import load_plugins
-
-    load_plugins()  # a plugin's model, dataset or STE must exist on this worker too
-    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        ws = Workspace(Path(tmp), Path(tmp) / "ckpt", ray.get_runtime_context().get_node_id())
-        ws.ckpt.mkdir()
-        if (checkpoint := tune.get_checkpoint()) is not None:
-            checkpoint.to_directory(str(ws.ckpt))
-        yield ws
-
-
+# -- on the worker: worker.py; here the dataset probe ----------------------------------------------
 class DataUnavailable(OSError):
     """The sweep's dataset cannot be loaded where trials run: said before any trial starts."""
 
@@ -122,6 +92,7 @@ class Phase:
     configs: list[dict] | None = None  # a grid: one trial per {cell, phase, params, tags} ...
     searcher: Any = None             # ... or a Tune searcher issuing `num_samples` of them
     num_samples: int = 1
+    members: int | None = None       # trials counted as members, when some are packs (packs.py)
     scheduler: Any = None            # None: run every trial to its end
     resources: dict = field(default_factory=lambda: {"cpu": 1})
     metric: str = "val_acc"          # the progress lines' best value
@@ -146,10 +117,15 @@ class Outcome:
     error: BaseException | None
     checkpoint: Any
     _result: Any = None
+    member: int | None = None        # its index in its pack's checkpoint; None: not in a pack
 
     def history(self) -> list[dict]:
         """Every result the trial reported, in epoch order."""
         df = self._result.metrics_dataframe if self._result is not None else None
+        if df is not None and self.member is not None:
+            df = df[df["member"] == self.member]
+            if MEMBER_END in df:
+                df = df[df[MEMBER_END].isna()]
         return [] if df is None else df.sort_values("epoch").to_dict("records")
 
 
@@ -162,12 +138,15 @@ def run_phase(session, phase: Phase) -> list[Outcome]:
         tuner = _restore(path, trainable, phase.name)
     else:
         status = phase.judge()
-        callbacks = [TrackingCallback(spec.resolved_tracking_uri(), spec.resolved_experiment(),
-                                      spec.name, phase.name, status, fixed=phase.fixed,
-                                      final_keys=phase.final_keys, log_weights=phase.log_weights,
-                                      params=phase.params),
-                     PhaseProgress(phase.name, phase.metric, phase.mode, status, phase.per_cell,
-                                   _total(phase))]
+        # a pack's members reach these two as trials of their own (PackDemux)
+        callbacks = [PackDemux([
+            TrackingCallback(spec.resolved_tracking_uri(), spec.resolved_experiment(),
+                             spec.name, phase.name, status, fixed=phase.fixed,
+                             final_keys=phase.final_keys, log_weights=phase.log_weights,
+                             params=phase.params),
+            PhaseProgress(phase.name, phase.metric, phase.mode, status, phase.per_cell,
+                          _total(phase))]),
+            JsonLoggerCallback()]
         grid = {} if phase.configs is None else {"cfg": tune.grid_search(phase.configs)}
         tuner = tune.Tuner(
             trainable, param_space=grid,
@@ -181,19 +160,16 @@ def run_phase(session, phase: Phase) -> list[Outcome]:
                 failure_config=tune.FailureConfig(max_failures=phase.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     results, stopped = _fit(session, tuner)
-    total = _total(phase)
     ended = results.num_terminated + results.num_errors
-    if stopped or ended < total:  # Tune returns early only when it was told to stop
+    if stopped or ended < _tune_total(phase):  # Tune returns early only when told to stop
         signals = session.signals  # (trials it stopped count as terminated: ask MLflow instead)
         raise SweepInterrupted((signals and signals.received) or signal.SIGINT, phase.name,
-                               session.tracker.count_ended(phase.name), total)
+                               session.tracker.count_ended(phase.name), _total(phase))
     if session.resume:  # runs of trials the killed driver never snapshotted would be duplicates
-        keep = {f"{phase.name}-{r.metrics.get('trial_id') or Path(r.path).name}" for r in results}
+        keep = {f"{phase.name}-{tid}" for r in results for tid in _trial_ids(r)}
         session.tracker.prune_orphans(phase.name, keep)
     judge = phase.judge()
-    outcomes = [Outcome(r.config["cfg"], r.metrics or {},
-                        judge(r.metrics or {}, errored=r.error is not None), r.error, r.checkpoint,
-                        r) for r in results]
+    outcomes = [o for r in results for o in _outcomes(r, judge)]
     # failed trials (errors, not diverged runs: those are results) make the command exit 3
     failed = session.state.setdefault("failed", {})
     failed[phase.name] = [f"{o.cfg['cell']} ({_first_line(o.error)})" for o in outcomes
@@ -205,8 +181,48 @@ def run_phase(session, phase: Phase) -> list[Outcome]:
     return outcomes
 
 
-def _total(phase: Phase) -> int:
+def _tune_total(phase: Phase) -> int:
     return len(phase.configs) if phase.configs is not None else phase.num_samples
+
+
+def _total(phase: Phase) -> int:
+    """The phase's trials, a pack's members each counted."""
+    if phase.members is not None:
+        return phase.members
+    return (sum(len(c.get("members", [c])) for c in phase.configs) if phase.configs is not None
+            else phase.num_samples)
+
+
+def _trial_ids(r) -> list[str]:
+    tid = r.metrics.get("trial_id") or Path(r.path).name
+    cfg = r.config["cfg"]
+    return [member_id(tid, i) for i in range(len(cfg["members"]))] if is_pack(cfg) else [tid]
+
+
+def _outcomes(r, judge) -> list[Outcome]:
+    """One Outcome per trial, or per member of a pack (from its member-tagged results)."""
+    cfg, errored = r.config["cfg"], r.error is not None
+    if not is_pack(cfg):
+        return [Outcome(cfg, r.metrics or {}, judge(r.metrics or {}, errored=errored), r.error,
+                        r.checkpoint, r)]
+    df = r.metrics_dataframe
+    outs = []
+    for i, member in enumerate(cfg["members"]):
+        rows = ([] if df is None or "member" not in df else
+                df[(df["member"] == i)].to_dict("records"))
+        epochs = [_plain(row) for row in rows if not isinstance(row.get(MEMBER_END), str)]
+        left = any(isinstance(row.get(MEMBER_END), str) for row in rows)  # ASHA stopped it
+        last = epochs[-1] if epochs else {}
+        # a pack that failed fails the members still in it; one that left before keeps its end
+        status = judge(last, errored=errored and not left and last.get("status") != "diverged")
+        outs.append(Outcome(member, last, status, r.error if status == "failed" else None,
+                            r.checkpoint, r, member=i))
+    return outs
+
+
+def _plain(row: dict) -> dict:
+    """A result row as reported: without the columns other members' rows brought (NaN here)."""
+    return {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
 def _first_line(error: BaseException | None) -> str:

@@ -23,17 +23,54 @@ WEIGHTS_PHASES = ("pretrain", "replicate")  # few runs, each one worth starting 
 
 
 # -- the trial: runs on a worker, anywhere in the cluster ------------------------------------------
-def trial_fn(config: dict, spec: dict, init_state: bytes | None = None) -> None:
-    """Train one trial; report each epoch with a checkpoint, so a retried trial resumes from
-    its last epoch rather than from zero."""
+def trial_fn(config: dict, spec: dict, init_state: bytes | None = None,
+             rungs: tuple[int, ...] = ()) -> None:
+    """Train one trial; report each epoch, with a checkpoint every `resources.checkpoint_s`
+    seconds and at the end, so a retried trial resumes from a recent epoch rather than from
+    zero. `rungs`: the epochs after which the scheduler may stop it."""
     from ..phase import trial_workspace
 
     cfg = config["cfg"]
-    with trial_workspace() as ws:
-        run = _run_spec(SweepSpec.from_dict(spec), cfg)
+    with trial_workspace(decides=frozenset(rungs).__contains__) as ws:
+        sweep = SweepSpec.from_dict(spec)  # in the workspace: after the plugins it may name
+        run = _run_spec(sweep, cfg)
         if init_state is not None and cfg["phase"] != "pretrain":
             run = replace(run, init_from=ws.write("init.pt", init_state))
-        train(run, ws.report, checkpoint_dir=ws.ckpt)
+        train(run, ws.report, checkpoint_dir=ws.ckpt,
+              checkpoint_every=sweep.resources.checkpoint_s)
+
+
+def pack_fn(config: dict, spec: dict, init_state: bytes | None = None,
+            rungs: tuple[int, ...] = (), channel: str = "") -> None:
+    """Train a pack of one cell's trials as one vectorised model (stetune.pack): one Tune
+    result per member and epoch; at a rung, wait for the driver and drop the members its ASHA
+    stopped (packs.py). Checkpoints as trial_fn's, holding the whole pack."""
+    from ray import tune
+
+    from ...pack import train_pack
+    from ..packs import MEMBER_END, member_id, stop_requested
+    from ..phase import trial_workspace
+
+    cfg, pack_id = config["cfg"], tune.get_context().get_trial_id()
+    with trial_workspace() as ws:
+        sweep = SweepSpec.from_dict(spec)
+        runs = [_run_spec(sweep, m) for m in cfg["members"]]
+        if init_state is not None:
+            init = ws.write("init.pt", init_state)
+            runs = [replace(r, init_from=init) for r in runs]
+
+        def report(i: int, metrics: dict) -> bool:
+            epoch, alive = metrics["epoch"], metrics.get("status") != "diverged"
+            decide = alive and epoch in rungs
+            ws.report(metrics | {"member": i}, wait=decide)
+            if decide and stop_requested(channel, member_id(pack_id, i)):
+                ws.report({"member": i, "epoch": epoch, MEMBER_END: "pruned"}, checkpoint=False)
+                return True
+            return False
+
+        train_pack(runs, report, checkpoint_dir=ws.ckpt,
+                   checkpoint_every=sweep.resources.checkpoint_s)
+        ws.report_checkpoint()
 
 
 class RunParams:
@@ -59,15 +96,57 @@ def _run_spec(spec: SweepSpec, cfg: dict) -> RunSpec:
 
 
 # -- phases (driver) -------------------------------------------------------------------------------
-def _phase(session, name: str, epochs: int, per_cell: int, init: bytes | None, **kw):
+def _phase(session, name: str, epochs: int, per_cell: int, init: bytes | None,
+           rungs: tuple[int, ...] = (), pack: int = 1, **kw):
     from ..phase import Phase
 
     spec = session.spec
-    return Phase(name, trial_fn, {"spec": spec.to_dict(), "init_state": init}, epochs, per_cell,
+    kwargs = {"spec": spec.to_dict(), "init_state": init, "rungs": rungs}
+    if pack > 1:
+        kwargs["channel"] = _channel(spec, name)
+    return Phase(name, pack_fn if pack > 1 else trial_fn, kwargs, epochs, per_cell,
                  resources={"cpu": spec.resources.cpus_per_trial,
                             "gpu": spec.resources.gpus_per_trial},
                  metric=spec.metric, mode=spec.mode, params=RunParams(spec.to_dict()),
                  log_weights=name in WEIGHTS_PHASES, max_failures=spec.max_failures, **kw)
+
+
+def _channel(spec: SweepSpec, phase: str) -> str:
+    return f"{spec.storage}/{spec.name}/{phase}"  # where a pack's worker finds ASHA's decisions
+
+
+AUTO_PACK_CPU = 8  # on a CPU, larger packs gain little per member (stetune.bench_pack)
+
+
+def _pack_size(spec: SweepSpec, per_cell: int) -> int:
+    """resources.pack as a number: 'auto' is AUTO_PACK_CPU on CPUs, and on a GPU what one
+    trial's share of its memory holds (measured on a GPU node: pack_auto); never more members
+    than a cell has trials."""
+    k = spec.resources.pack
+    if k == "auto":
+        if not spec.resources.gpus_per_trial:
+            k = AUTO_PACK_CPU
+        else:
+            import ray
+
+            from ...pack_auto import auto_pack_size
+
+            probe = ray.remote(num_gpus=spec.resources.gpus_per_trial)(auto_pack_size)
+            k = ray.get(probe.remote(spec.run_spec(*spec.cells()[0], 0, {}).to_dict(),
+                                     spec.resources.gpus_per_trial))
+    return max(1, min(k, per_cell))
+
+
+def _grouped(configs: list[dict], k: int) -> list[dict]:
+    """The phase's trial configs in packs of up to k per cell (k = 1: as they are)."""
+    if k == 1:
+        return configs
+    from ..packs import pack_config
+
+    cells: dict[str, list[dict]] = {}
+    for c in configs:
+        cells.setdefault(c["cell"], []).append(c)
+    return [pack_config(cs[i:i + k]) for cs in cells.values() for i in range(0, len(cs), k)]
 
 
 def _pretrain(session) -> bytes:
@@ -86,7 +165,7 @@ def _pretrain(session) -> bytes:
 
 
 def _search(session, init: bytes | None) -> None:
-    from ..cells import CellASHA, CellSearcher
+    from ..cells import CellASHA, CellSearcher, PackASHA
     from ..samplers import check_new_studies, drop_studies, end_stale_trials, study_name
     from ..phase import run_phase
 
@@ -94,8 +173,12 @@ def _search(session, init: bytes | None) -> None:
     if "search" in state:
         return
     cells, epochs, n = spec.cells(), spec.epochs, spec.budget.trials_per_cell
+    k = _phase_pack(session, "search", n)
     storage = spec.resolved_optuna_storage()
     studies = [study_name(spec.name, cell_key(*c)) for c in cells]
+    asha_args = (spec.metric, spec.mode, epochs, spec.asha.grace_period, spec.asha.reduction_factor)
+    asha = None if not spec.asha.enabled else (
+        PackASHA(*asha_args, _channel(spec, "search")) if k > 1 else CellASHA(*asha_args))
     searcher = scheduler = None  # a resumed phase brings back its own (Tune's saved state)
     if not (session.resume and (spec.sweep_dir() / "search").exists()):
         # before CellSearcher creates them: a new sweep's must be new; a resumed sweep restarting
@@ -103,15 +186,26 @@ def _search(session, init: bytes | None) -> None:
         (drop_studies if session.resume else check_new_studies)(storage, studies)
         searcher = CellSearcher(cells, spec.search, n, spec.metric, spec.mode, spec.seed,
                                 method=spec.search_method, storage=storage, sweep=spec.name,
-                                epochs=epochs)
-        scheduler = (CellASHA(spec.metric, spec.mode, epochs, spec.asha.grace_period,
-                              spec.asha.reduction_factor) if spec.asha.enabled else None)
+                                epochs=epochs, pack=k)
+        scheduler = asha
     session.tracker.tag_sweep({"stetune.optuna_storage": storage})  # for analyze, dashboards
     outcomes = run_phase(session, _phase(session, "search", epochs, n, init, searcher=searcher,
-                                         scheduler=scheduler, num_samples=n * len(cells)))
+                                         scheduler=scheduler, num_samples=-(-n // k) * len(cells),
+                                         members=n * len(cells), pack=k,
+                                         rungs=asha.rungs() if asha else ()))
     end_stale_trials(storage, studies)  # every trial Tune ran has ended: the rest are orphans
     state["search"] = _best_per_cell(spec, outcomes)
     session.save()
+
+
+def _phase_pack(session, phase: str, per_cell: int) -> int:
+    """The phase's pack size, decided once and kept in sweep.json (a resume must group its
+    trials as the interrupted driver did, even if 'auto' would measure another size now)."""
+    packs = session.state.setdefault("packs", {})
+    if phase not in packs:
+        packs[phase] = _pack_size(session.spec, per_cell)
+        session.save()
+    return packs[phase]
 
 
 def _best_per_cell(spec: SweepSpec, outcomes) -> dict:
@@ -146,8 +240,10 @@ def _replicate(session, init: bytes | None) -> None:
         state["replicate"] = {}
         return
     reps: dict[str, list] = {}
+    k = _phase_pack(session, "replicate", len(spec.replicates.seeds))
     for out in run_phase(session, _phase(session, "replicate", spec.epochs,
-                                         len(spec.replicates.seeds), init, configs=configs)):
+                                         len(spec.replicates.seeds), init, pack=k,
+                                         configs=_grouped(configs, k))):
         reps.setdefault(out.cfg["cell"], []).append(
             {"seed": out.cfg["params"]["seed"], "status": out.status,
              "val_acc": out.last.get("val_acc"), "train_loss": out.last.get("train_loss"),

@@ -180,6 +180,8 @@ def _add_bench_sweep(sub) -> None:
     p.add_argument("--mlflow-server", action="store_true",
                    help="log through an `mlflow server` on 127.0.0.1 instead of a sqlite file")
     p.add_argument("--no-floor", action="store_true", help="skip the process-pool run")
+    p.add_argument("--pack", type=int, default=1,
+                   help="resources.pack of the sweep: trials trained together per process")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(func=_run_bench_sweep)
 
@@ -187,13 +189,13 @@ def _add_bench_sweep(sub) -> None:
 def _run_bench_sweep(args) -> int:
     from .sweep.bench import format_report, sweep_utilisation
 
-    for name in ("trials", "epochs", "slots"):
+    for name in ("trials", "epochs", "slots", "pack"):
         if getattr(args, name) < 1:
             print(f"stetune bench-sweep: error: --{name} must be >= 1, but got "
                   f"{getattr(args, name)}", file=sys.stderr)
             return 2
     r = sweep_utilisation(trials=args.trials, epochs=args.epochs, slots=args.slots,
-                          server=args.mlflow_server, floor=not args.no_floor)
+                          server=args.mlflow_server, floor=not args.no_floor, pack=args.pack)
     print(format_report(r))
     if args.json:
         with open(args.json, "w") as f:

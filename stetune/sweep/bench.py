@@ -34,14 +34,15 @@ def _lrs(trials: int) -> list[float]:
     return [round(0.01 * 10 ** (i / max(1, trials - 1)), 6) for i in range(trials)]
 
 
-def _one_trial(kwargs: dict) -> float:
+def _one_trial(kwargs: dict) -> tuple[float, float, float]:
     import torch
 
     from ..train import train
 
     torch.set_num_threads(1)  # as a Ray trial with one CPU runs
+    t0 = time.time()
     result = train(RunSpec(**kwargs))
-    return sum(h["epoch_time"] for h in result.history)
+    return sum(h["epoch_time"] for h in result.history), t0, time.time()
 
 
 def pool_floor(trials: int, epochs: int, slots: int) -> dict:
@@ -50,15 +51,20 @@ def pool_floor(trials: int, epochs: int, slots: int) -> dict:
                  batch_size=BATCH, lr=lr, seed=0, device="cpu") for lr in _lrs(trials)]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=slots) as pool:
-        train_s = sum(pool.map(_one_trial, runs))
-    return _figures(trials, slots, time.perf_counter() - t0, train_s)
+        done = list(pool.map(_one_trial, runs))
+    window = max(t for _, _, t in done) - min(t for _, t, _ in done)
+    return _figures(trials, slots, time.perf_counter() - t0, sum(s for s, _, _ in done), window)
 
 
-def _figures(trials: int, slots: int, wall: float, train_s: float) -> dict:
+def _figures(trials: int, slots: int, wall: float, train_s: float, window: float) -> dict:
+    """`window`: from the first trial's start to the last one's end, i.e. the wall time less the
+    start-up (Ray, a pool's processes) and shut-down paid once per sweep, not per trial."""
     return {"trials": trials, "slots": slots, "wall_s": wall, "train_s": train_s,
             "train_s_per_trial": train_s / max(1, trials),
             "utilisation": train_s / (wall * slots),
-            "overhead_s_per_trial": (wall * slots - train_s) / max(1, trials)}
+            "overhead_s_per_trial": (wall * slots - train_s) / max(1, trials),
+            "window_s": window, "window_utilisation": train_s / (window * slots),
+            "startup_s": wall - window}
 
 
 @contextlib.contextmanager
@@ -92,7 +98,7 @@ def _mlflow_server(folder: Path):
 
 def sweep_utilisation(trials: int = 8, epochs: int = 100, slots: int = 2,
                       storage: str | None = None, server: bool = False,
-                      floor: bool = True) -> dict:
+                      floor: bool = True, pack: int = 1) -> dict:
     """The floor (unless floor=False), then the sweep; both dicts of `_figures` plus ratios."""
     storage = storage or tempfile.mkdtemp(prefix="stetune-bench-")
     out = {"storage": storage, "epochs": epochs}
@@ -106,7 +112,7 @@ def sweep_utilisation(trials: int = 8, epochs: int = 100, slots: int = 2,
             "search": {"method": "grid", "lr": _lrs(trials)},
             "train": {"epochs": epochs, "batch_size": BATCH, "device": "cpu"},
             "replicates": {"seeds": []}, "asha": {"enabled": False}, "max_concurrent": slots,
-            "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+            "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0, "pack": pack},
             "mlflow": {"tracking_uri": uri} if uri else {}})
         t0 = time.perf_counter()
         run_sweep(spec, verbose=0)
@@ -117,27 +123,36 @@ def sweep_utilisation(trials: int = 8, epochs: int = 100, slots: int = 2,
                 if r.data.tags.get("stetune.kind") == "trial"]
         train_s = sum(m.value for r in runs
                       for m in client.get_metric_history(r.info.run_id, "epoch_time"))
-    out["sweep"] = _figures(len(runs), slots, wall, train_s)
+        window = (max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)) / 1e3
+    out["sweep"] = _figures(len(runs), slots, wall, train_s, window)
     out["tracking"] = "mlflow server (sqlite behind it)" if server else "sqlite file"
+    out["pack"] = pack
     if floor:
         f, s = out["floor"], out["sweep"]
         out["utilisation_vs_floor"] = s["utilisation"] / f["utilisation"]
         out["excess_overhead_ms_per_epoch"] = 1e3 * max(
             0.0, s["overhead_s_per_trial"] - f["overhead_s_per_trial"]) / epochs
+        # the same, less each one's once-per-run start-up: what the sweep adds per epoch
+        per_epoch = lambda x: (x["window_s"] * slots - x["train_s"]) / (x["trials"] * epochs)  # noqa: E731
+        out["in_trial_overhead_ms_per_epoch"] = 1e3 * (per_epoch(s) - per_epoch(f))
+        out["wall_ratio"] = f["wall_s"] / s["wall_s"]  # the same work: floor time / sweep time
     return out
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{'':<8} {'trials':>6} {'wall s':>8} {'train s/trial':>13} {'utilisation':>11} "
-             f"{'overhead s/trial':>16}"]
+    lines = [f"{'':<6} {'trials':>6} {'wall s':>7} {'start-up s':>10} {'train s/trial':>13} "
+             f"{'utilisation':>11} {'in-window':>9} {'overhead s/trial':>16}"]
     for key in ("floor", "sweep"):
         if key in r:
             f = r[key]
-            lines.append(f"{key:<8} {f['trials']:>6} {f['wall_s']:>8.1f} "
+            lines.append(f"{key:<6} {f['trials']:>6} {f['wall_s']:>7.1f} {f['startup_s']:>10.1f} "
                          f"{f['train_s_per_trial']:>13.2f} {f['utilisation']:>11.3f} "
-                         f"{f['overhead_s_per_trial']:>16.2f}")
+                         f"{f['window_utilisation']:>9.3f} {f['overhead_s_per_trial']:>16.2f}")
     if "utilisation_vs_floor" in r:
-        lines.append(f"sweep utilisation / floor: {r['utilisation_vs_floor']:.3f}; the sweep's "
-                     f"overhead beyond the floor: {r['excess_overhead_ms_per_epoch']:.1f} ms per "
-                     f"epoch ({r['epochs']} epochs per trial, MLflow: {r['tracking']})")
+        lines.append(f"sweep utilisation / floor: {r['utilisation_vs_floor']:.3f}; floor wall / "
+                     f"sweep wall: {r['wall_ratio']:.3f}; the sweep's overhead beyond the floor: "
+                     f"{r['excess_overhead_ms_per_epoch']:.1f} ms per epoch, "
+                     f"{r['in_trial_overhead_ms_per_epoch']:.1f} ms without start-up "
+                     f"({r['epochs']} epochs per trial, packs of {r.get('pack', 1)}, MLflow: "
+                     f"{r['tracking']})")
     return "\n".join(lines)

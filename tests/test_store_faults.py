@@ -5,11 +5,13 @@ every trial once in MLflow, every epoch once, nothing RUNNING."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -22,8 +24,9 @@ from sweep_helpers import (check_one_run_per_trial, cli, small_spec, sweep_runs,
 pytestmark = pytest.mark.slow
 
 # one cell, two searched configs and a replicate: the least that has every phase
+# (a checkpoint every epoch: the disk must see writes while it is full, as in a long sweep)
 SETS = ["cells.ste=[relu]", "cells.bits=[2]", "budget.trials_per_cell=2", "replicates.seeds=[1]",
-        "train.epochs=3", "asha.enabled=false"]
+        "train.epochs=3", "asha.enabled=false", "resources.checkpoint_s=0"]
 
 
 def _logged_an_epoch(children) -> bool:
@@ -54,15 +57,34 @@ def _resume(spec, may_refuse: bool = False) -> None:
     check_one_run_per_trial(spec, n_search=2, n_replicate=1, statuses=("finished",), retries=True)
 
 
-def _fill(disk) -> None:
-    """Write zeros until the filesystem refuses: ENOSPC for everyone writing there."""
+@contextlib.contextmanager
+def _filled(disk):
+    """Write zeros until the filesystem refuses (ENOSPC for everyone writing there), and keep
+    it full: the sweep frees space as it goes (Tune drops old checkpoints), which a one-off fill
+    would leave for its next writes."""
     fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    stop = threading.Event()
+
+    def keep_full():
+        while not stop.is_set():
+            try:
+                os.write(fd, bytes(64 << 10))
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                stop.wait(0.02)
+
     try:
         while True:
             os.write(fd, bytes(1 << 20))
     except OSError as e:
         assert e.errno == errno.ENOSPC, e
+    thread = threading.Thread(target=keep_full, daemon=True)
+    thread.start()
+    try:
+        yield
     finally:
+        stop.set()
+        thread.join()
         os.close(fd)
 
 
@@ -76,11 +98,12 @@ def test_a_full_disk_mid_sweep_says_so_and_resume_completes(tmp_path):
         # no retries: a trial failing on the full disk would be restarted (slowly) to fail again
         spec = small_spec(disk, "full", [*SETS, "max_failures=0"])
         driver = cli("sweep", str(write_spec(spec, tmp_path / "full.yaml")), "--quiet")
-        try:
-            wait_for_runs(spec, driver, _logged_an_epoch)
-            _fill(disk)
-        finally:
-            rc, out, err = _finish(driver)
+        with contextlib.ExitStack() as full:
+            try:
+                wait_for_runs(spec, driver, _logged_an_epoch)
+                full.enter_context(_filled(disk))
+            finally:
+                rc, out, err = _finish(driver)
         assert rc == 1, err[-4000:]
         last = err.strip().splitlines()[-1]
         assert last.startswith("stetune sweep: error: disk full (") and \

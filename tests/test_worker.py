@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import ray.cloudpickle
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from stetune.sweep.worker import trial_workspace
@@ -55,7 +56,10 @@ def _run(tmp_path: Path, name: str, scheduler=None):
     tuner = tune.Tuner(trainable, param_space={"out": str(out)},
                        tune_config=tune.TuneConfig(scheduler=scheduler),
                        run_config=tune.RunConfig(name=name, storage_path=str(tmp_path / "tune"),
-                                                 callbacks=[SlowDriver()], verbose=0))
+                                                 # stetune turns Tune's auto loggers off
+                                                 # (phase.py); result.json is the history
+                                                 callbacks=[SlowDriver(), JsonLoggerCallback()],
+                                                 verbose=0))
     (result,) = tuner.fit()
     return result, json.loads(out.read_text())
 

@@ -152,10 +152,11 @@ class TrackingCallback(Callback):
                                name=_ended_name(trial, "failed"))
 
 
-def _ended_name(trial, status: str) -> str | None:
-    """The run's name with how it ended, where that is not 'ran every epoch'."""
+def _ended_name(trial, status: str) -> str:
+    """The run's name with how it ended, where that is not 'ran every epoch' (set for a
+    finished one too: a resumed trial may finish after a killed driver named it pruned)."""
     if status == "finished":
-        return None
+        return run_name(trial_config(trial))
     return run_name(trial_config(trial), status, (trial.last_result or {}).get("epoch"))
 
 

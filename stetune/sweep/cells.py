@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 from functools import partial
 
+from optuna.exceptions import UpdateFinishedTrialError
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket
 from ray.tune.search import Searcher
@@ -120,7 +121,10 @@ class CellSearcher(_PickledState, Searcher):
         else:
             tid = trial_id
         if self.metric in result and self._curve_point(result):
-            self.subs[self.trial_cell[trial_id]].on_trial_result(tid, result)
+            try:
+                self.subs[self.trial_cell[trial_id]].on_trial_result(tid, result)
+            except UpdateFinishedTrialError:  # a resumed trial that had ended in the study
+                pass                          # before its driver was killed: it stands
 
     def _curve_point(self, result: dict) -> bool:
         """Whether this epoch goes into Optuna's intermediate values: about CURVE_POINTS per
@@ -156,8 +160,11 @@ class CellSearcher(_PickledState, Searcher):
             with warnings.catch_warnings():  # "already reported at this step": fine
                 warnings.simplefilter("ignore")
                 sub._ot_trials[trial_id].report(value, int(result.get("training_iteration", 1)))
-        sub.on_trial_complete(trial_id, None if never or pruned else result,
-                              error=error or never)
+        try:
+            sub.on_trial_complete(trial_id, None if never or pruned else result,
+                                  error=error or never)
+        except UpdateFinishedTrialError:  # told before the driver was killed: it stands
+            pass
 
 
 class CellASHA(_PickledState, FIFOScheduler):

@@ -106,11 +106,11 @@ class Workspace:
             wait = isinstance(epoch, int) and self.decides(epoch)
         self._reporter.put(_numeric(metrics) | {"node_id": self.node_id}, snapshot, wait)
 
-    def report_checkpoint(self) -> None:
+    def report_checkpoint(self, always: bool = False) -> None:
         """The trainer's last checkpoint, if Tune has not had it yet (a pack saves after its
-        members' reports), as a result of its own."""
+        members' reports), as a result of its own (`always`: even without a new one)."""
         snapshot = self._snapshot()
-        if snapshot:
+        if snapshot or always:
             self._reporter.put({"checkpoint_only": 1, "node_id": self.node_id}, snapshot, False)
 
     def _snapshot(self) -> str | None:

@@ -70,7 +70,10 @@ def pack_fn(config: dict, spec: dict, init_state: bytes | None = None,
 
         train_pack(runs, report, checkpoint_dir=ws.ckpt,
                    checkpoint_every=sweep.resources.checkpoint_s)
-        ws.report_checkpoint()
+        # always one last result: a pack restored after all its members ended (its driver
+        # killed before Tune's snapshot saw it end) reports nothing else, which Tune takes
+        # for an error
+        ws.report_checkpoint(always=True)
 
 
 class RunParams:

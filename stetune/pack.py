@@ -235,15 +235,16 @@ class _Pack:
 
 def train_pack(specs: list[RunSpec], report: PackReport | None = None, *,
                checkpoint_dir: str | Path | None = None, checkpoint_every: float = 0.0,
-               progress: bool = False) -> list[RunResult]:
+               save_now: Callable[[], bool] | None = None, progress: bool = False
+               ) -> list[RunResult]:
     """Train `specs` as one pack; `report(i, metrics)` after each epoch of member i (an index
     into specs) with the metrics train() reports; a truthy answer stops member i ("pruned").
     A member whose loss turns non-finite is frozen at that step and leaves as "diverged".
 
     With `checkpoint_dir`, the whole pack is saved to checkpoint.pt there after an epoch's
     reports (so it records who they stopped) when `checkpoint_every` seconds have passed since
-    the last save (0: every epoch), and always after the last epoch and after an epoch in which
-    a member left; a pack that finds a checkpoint there continues from it bit-exactly (a report
+    the last save (0: every epoch) or `save_now()` says so, and always after the last epoch and
+    after an epoch in which a member left; a pack that finds a checkpoint there continues from it bit-exactly (a report
     that raises loses that epoch, which the next run repeats, reporting it again)."""
     specs = _check_pack(specs)
     report = report or (lambda i, metrics: None)
@@ -290,8 +291,9 @@ def train_pack(specs: list[RunSpec], report: PackReport | None = None, *,
                 gone.add(i)
         if gone:
             pack.leave(gone)
-        due = time.monotonic() - last_save >= checkpoint_every
-        if ckpt is not None and (due or gone or not pack.active or pack.epoch == epochs):
+        due = (time.monotonic() - last_save >= checkpoint_every or bool(gone)
+               or not pack.active or pack.epoch == epochs)
+        if ckpt is not None and (due or (save_now is not None and save_now())):
             save_pack(ckpt, pack.state())
             last_save = time.monotonic()
     return pack.results

@@ -119,7 +119,7 @@ class PackedModel:
 
     def select(self, keep: list[int]) -> None:
         """Keep only members `keep` (in that order): a member that left costs nothing after."""
-        idx = torch.tensor(keep, device=self.device)
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device)  # [] too: all left
         self.params = {n: p[idx] for n, p in self.params.items()}
         self.buffers = {n: b[idx] for n, b in self.buffers.items()}
         self.alpha = [self.alpha[k] for k in keep]
@@ -302,7 +302,7 @@ class StackedSGD:
         self.neg_lr, self.m, self.wd = vec([-x for x in lr]), vec(momentum), vec(weight_decay)
 
     def select(self, keep: list[int]) -> None:
-        idx = torch.tensor(keep, device=self.device)
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device)  # [] too: all left
         self.momentum_buffer = {n: b[idx] for n, b in self.momentum_buffer.items()}
 
     @torch.no_grad()

@@ -335,6 +335,16 @@ class SweepTracker:
         """Write the per-epoch metrics still pending (a failure raises here: STORE_ERRORS)."""
         self._epochs.flush()
 
+    def unwritten(self) -> dict[str, list[tuple]]:
+        """{run id: [(key, value, timestamp, step)]} the store has not taken (yet)."""
+        return {run_id: [(m.key, m.value, m.timestamp, m.step) for m in ms]
+                for run_id, ms in self._epochs.unwritten().items()}
+
+    def rewrite(self, unwritten: dict[str, list[tuple]]) -> None:
+        """Queue again what `unwritten` returned (a resume: its driver's store had failed)."""
+        for run_id, ms in unwritten.items():
+            self._epochs.put(run_id, [Metric(*m) for m in ms])
+
     def end_trial(self, trial_id: str, status: str, summary: dict | None = None,
                   name: str | None = None) -> None:
         self.flush()  # this run's epochs (and any others) first

@@ -5,7 +5,8 @@ MLflow's own async logging (`log_batch(synchronous=False)`) merges only consecut
 one run, so with trials reporting in turn it still writes once per epoch, and it logs a failure
 to stderr before the caller hears of it. Here every run's pending epochs go in one `log_batch`
 per interval, and a failure (a full disk, a dead server) is raised on the driver's next call:
-the sweep then stops with its usual one-line message. `flush` writes everything pending before
+the sweep then stops with its usual one-line message, and what was not written stays pending
+(`unwritten`: Tune's snapshot keeps it for the resume). `flush` writes everything pending before
 a run ends, before Tune snapshots the experiment (a resume re-reports nothing it lost) and at
 the sweep's end."""
 
@@ -63,13 +64,32 @@ class EpochWriter:
             self._thread.join()
         self.flush()
 
+    def unwritten(self) -> dict[str, list[Metric]]:
+        """What is pending now (after a failed write: what it could not write)."""
+        with self._cv:
+            return {run_id: list(ms) for run_id, ms in self._pending.items()}
+
+    def _requeue(self, metrics: dict[str, list[Metric]]) -> None:
+        with self._cv:  # in front of anything put since: a later flush writes them in order
+            for run_id, ms in self._pending.items():
+                metrics.setdefault(run_id, []).extend(ms)
+            self._pending = metrics
+            self._count = sum(map(len, metrics.values()))
+
     def _drain(self) -> None:
         with self._write:
             with self._cv:
                 pending, self._pending, self._count = self._pending, {}, 0
-            for run_id, metrics in pending.items():
-                for i in range(0, len(metrics), MAX_PER_CALL):
-                    self.client.log_batch(run_id, metrics=metrics[i:i + MAX_PER_CALL])
+            left = dict(pending)
+            try:
+                for run_id, metrics in pending.items():
+                    for i in range(0, len(metrics), MAX_PER_CALL):
+                        self.client.log_batch(run_id, metrics=metrics[i:i + MAX_PER_CALL])
+                        left[run_id] = metrics[i + MAX_PER_CALL:]
+                    del left[run_id]
+            except BaseException:
+                self._requeue({k: v for k, v in left.items() if v})  # kept, not lost
+                raise
 
     def _run(self) -> None:
         while True:

@@ -143,12 +143,14 @@ def measure_train(model: nn.Module, data: Dataset, batch_size: int, seed: int) -
 
 
 def train(spec: RunSpec, report: Report | None = None, *, checkpoint_dir: str | Path | None = None,
-          checkpoint_every: float = 0.0, progress: bool = False) -> RunResult:
+          checkpoint_every: float = 0.0, save_now: Callable[[], bool] | None = None,
+          progress: bool = False) -> RunResult:
     """Train `spec` to the end (or to divergence), reporting each epoch's metrics.
 
     With `checkpoint_dir`, the full state is saved there after an epoch once `checkpoint_every`
-    seconds have passed since the last save (0: every epoch), and always after the last one; a
-    run that finds a checkpoint there continues from it bit-exactly."""
+    seconds have passed since the last save (0: every epoch), after any epoch where `save_now()`
+    says so (a stop is coming), and always after the last one; a run that finds a checkpoint
+    there continues from it bit-exactly."""
     spec = spec.validate().resolved()
     report = report or (lambda metrics: None)
     device = resolve_device(spec.device)
@@ -225,7 +227,8 @@ def train(spec: RunSpec, report: Report | None = None, *, checkpoint_dir: str | 
         if diverged:
             result.status = "diverged"
         last = diverged or epoch == spec.epochs
-        if ckpt_path is not None and (last or time.monotonic() - saved_at >= checkpoint_every):
+        due = last or time.monotonic() - saved_at >= checkpoint_every
+        if ckpt_path is not None and (due or (save_now is not None and save_now())):
             save_checkpoint(ckpt_path, model, opt, sched, gen, epoch, result.history, spec.to_dict())
             saved_at = time.monotonic()
         report(dict(metrics, status=result.status))

@@ -227,3 +227,18 @@ def wait_for_runs(spec: SweepSpec, driver: subprocess.Popen, ready, timeout: flo
         if ready(children):
             return
     pytest.fail("the sweep never reached the point to inject the fault")
+
+
+def tune_results(phase_dir: Path) -> dict[str, list[dict]]:
+    """Tune's result.json of each trial of a phase (the trial's dir is its Tune trial id)."""
+    out = {}
+    for f in sorted(phase_dir.glob("*/result.json")):
+        rows = []
+        for line in f.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # the line being written right now
+                pass
+        out[f.parent.name] = rows
+    return out
+

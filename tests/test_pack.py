@@ -184,6 +184,17 @@ def test_a_stopped_member_leaves_and_the_others_go_on_unchanged(tmp_path):
     assert all(len(b) == 2 for b in state["momentum"].values())
 
 
+def test_a_pack_whose_members_all_leave_at_once_ends_and_resumes_as_ended(tmp_path):
+    specs = _specs(SMALL, LENET_MEMBERS[:2])
+    results = train_pack(specs, lambda i, m: True, checkpoint_dir=tmp_path)  # all pruned at 1
+    assert [(r.status, r.epochs_run) for r in results] == [("pruned", 1)] * 2
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["active"] == [] and all(len(p) == 0 for p in state["params"].values())
+    again = train_pack(specs, lambda i, m: pytest.fail("an ended member trained on"),
+                       checkpoint_dir=tmp_path)  # a retry of the pack from that checkpoint
+    assert [r.epochs_run for r in again] == [1, 1]
+
+
 def _policy(i, metrics):
     return i == 2 and metrics["epoch"] == 1  # member 2 stopped after epoch 1
 
@@ -264,6 +275,11 @@ def test_checkpoint_every_saves_less_but_always_the_last_epoch_and_departures(mo
     train_pack(specs, lambda i, m: i == 1 and m["epoch"] == 1, checkpoint_dir=tmp_path / "b",
                checkpoint_every=3600)
     assert saved == [1, 3]  # the epoch member 1 left, and the last
+    saved.clear()
+    asked = iter([False, True, True])  # a stop is coming after epoch 2: save from then on
+    train_pack(specs, checkpoint_dir=tmp_path / "c", checkpoint_every=3600,
+               save_now=lambda: next(asked))
+    assert saved == [2, 3]
 
 
 @pytest.mark.parametrize("change,message", [

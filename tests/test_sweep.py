@@ -198,10 +198,7 @@ def _cli(*args, **kw):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
 
-@pytest.mark.parametrize("pack", [1, pytest.param(2, marks=pytest.mark.xfail(
-    reason="known bug (issue 13, open): a packed sweep resumed after a driver SIGKILL can crash "
-           "in Tune's restore or count a pack's restarts apart from its members' runs",
-    strict=False))])
+@pytest.mark.parametrize("pack", [1, 2])
 def test_sigkill_driver_then_resume_finishes_exactly_the_budget(tmp_path, pack):
     # pack 2: the search's trials in packs of 2 and 1 per cell, each replicate pair in one
     seeds = "[1]" if pack == 1 else "[1, 2]"

@@ -8,6 +8,7 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
 from stetune.spec.sweep import Param
+from stetune.sweep.callbacks import SchedulerState
 from stetune.sweep.cells import CellASHA, CellSearcher
 from stetune.sweep.kinds.base import cell_key
 
@@ -69,6 +70,7 @@ def test_cell_asha_stops_a_trial_only_against_its_own_cell(tmp_path):
     the values trials reached that rung with before it. Interleaved results of a strong cell
     (val_acc ~0.8) and a weak one (~0.2): each cell is judged against itself."""
     s = CellASHA("val_acc", "max", max_t=4, grace_period=1, reduction_factor=2)
+    tuner_pkl = pickle.dumps((s, SchedulerState(s)))  # Tune's tuner.pkl, written at the start
     good, bad = _trials("relu/4", 3), _trials("relu/1", 3)
     for t in good + bad:
         s.on_trial_add(None, t)
@@ -86,10 +88,13 @@ def test_cell_asha_stops_a_trial_only_against_its_own_cell(tmp_path):
     # the weak cell's values do not lower the strong cell's bar: 0.82 is below 0.85 (the median
     # of 0.90 and 0.80), though above the median of all five results so far (0.30)
     assert step(good[2], 1, 0.82) == STOP
-    # saved with the experiment and restored: each cell's rungs go on where they were
-    s.save(str(tmp_path / "asha.pkl"))
-    s = CellASHA("val_acc", "max", max_t=4, grace_period=1, reduction_factor=2)
-    s.restore(str(tmp_path / "asha.pkl"))
+    # saved with each experiment snapshot (SchedulerState's callback state) and restored into the
+    # scheduler Tune unpickles from tuner.pkl (saved at the start, with the callback): each
+    # cell's rungs go on where they were
+    snapshot = pickle.dumps(SchedulerState(s).get_state())
+    s, cb = pickle.loads(tuner_pkl)
+    assert cb.scheduler is s and s.cells == {}  # as new: it has seen nothing
+    cb.set_state(pickle.loads(snapshot))
     assert step(good[0], 2, 0.95) == GO
     assert step(bad[0], 2, 0.40) == GO  # first of its cell at rung 2, whatever 0.95 is
     assert step(bad[1], 2, 0.35) == STOP  # below its cell's 0.40
@@ -110,3 +115,56 @@ def test_cell_asha_mode_min_stops_the_higher_loss_within_a_cell():
     assert step(high[0], 2.0) == GO  # four times the other cell's loss: first of its own
     assert step(high[1], 1.9) == GO  # lower than its cell's 2.0
     assert step(low[1], 0.6) == STOP  # higher than its cell's 0.5
+
+
+def test_optuna_hears_of_an_end_once_tunes_snapshot_holds_it(tmp_path):
+    """A driver killed between an end and Tune's next snapshot reruns (or re-issues) that trial,
+    and Optuna cannot change an ended trial: so the study is told at the snapshot (`save`), by
+    the restored searcher if the driver died after it, and at once for the search's last end.
+    A trial the study holds as ended keeps that verdict in the resumed ASHA."""
+    import optuna
+
+    from stetune.sweep.cells import _PickledState
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+
+    def searcher() -> CellSearcher:
+        return CellSearcher([("relu", 2)], SEARCH, 3, "val_acc", "max", storage=url, sweep="sw",
+                            epochs=4)
+
+    def states() -> list[str]:
+        study = optuna.load_study(study_name="sw/relu/2", storage=url)
+        return [t.state.name for t in study.trials]
+
+    def done(epoch: int, value: float = 0.5) -> dict:
+        return {"val_acc": value, "epoch": epoch, "training_iteration": epoch}
+
+    s = searcher()
+    for i in range(3):
+        s.suggest(f"t{i}")
+    s.on_trial_complete("t0", done(4))
+    assert states() == ["RUNNING"] * 3  # not yet: no snapshot holds the end
+    s.save(str(tmp_path / "snap1.pkl"))
+    assert states() == ["COMPLETE", "RUNNING", "RUNNING"]
+    s.on_trial_complete("t1", done(2))  # stopped at epoch 2 of 4: pruned
+    _PickledState.save(s, str(tmp_path / "snap2.pkl"))  # the snapshot, then the driver dies
+    assert states() == ["COMPLETE", "RUNNING", "RUNNING"]
+    restored = searcher()
+    restored.restore(str(tmp_path / "snap2.pkl"))  # the resume tells what the snapshot held
+    assert states() == ["COMPLETE", "PRUNED", "RUNNING"]
+    again = searcher()
+    again.restore(str(tmp_path / "snap1.pkl"))  # told twice (an older snapshot): no error
+    restored.on_trial_complete("t2", done(4, 0.7))  # the search's last end: told at once
+    assert states() == ["COMPLETE", "PRUNED", "COMPLETE"]
+
+    # the resumed ASHA keeps the study's verdicts, whatever its brackets would say
+    asha = CellASHA("val_acc", "max", max_t=4, grace_period=1, reduction_factor=2,
+                    studies=(url, ["sw/relu/2"]))
+    asha.on_restore()
+    t0, t1, t2 = (Trial("trial_fn", config={"cfg": {"cell": "relu/2"}}, trial_id=f"t{i}", stub=True)
+                  for i in range(3))
+    for t in (t0, t1, t2):
+        asha.on_trial_add(None, t)
+    assert asha.on_trial_result(None, t2, {"training_iteration": 1, "val_acc": 0.9}) == GO
+    assert asha.on_trial_result(None, t0, {"training_iteration": 1, "val_acc": 0.1}) == GO  # COMPLETE
+    assert asha.on_trial_result(None, t1, {"training_iteration": 1, "val_acc": 0.95}) == STOP  # PRUNED

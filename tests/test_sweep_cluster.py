@@ -21,7 +21,7 @@ from ray.cluster_utils import Cluster
 
 from stetune.spec import SweepSpec
 from stetune.spec.load import apply_overrides
-from sweep_helpers import check_one_run_per_trial
+from sweep_helpers import check_one_run_per_trial, tune_results
 
 pytestmark = pytest.mark.slow
 
@@ -120,20 +120,6 @@ def wait_driver(driver: subprocess.Popen, log: Path, timeout: float) -> str:
     return text
 
 
-def tune_results(phase_dir: Path) -> dict[str, list[dict]]:
-    """Tune's result.json of each trial of a phase (the trial's dir is its Tune trial id)."""
-    out = {}
-    for f in sorted(phase_dir.glob("*/result.json")):
-        rows = []
-        for line in f.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # the line being written right now
-                pass
-        out[f.parent.name] = rows
-    return out
-
-
 def check_runs(spec: SweepSpec, n_search: int, n_replicate: int, retries: bool = False) -> list:
     # no learning rate in these specs diverges: every trial must end finished or pruned
     return check_one_run_per_trial(spec, n_search, n_replicate, statuses=("finished", "pruned"),
@@ -168,7 +154,7 @@ def test_worker_node_killed_mid_sweep_trials_resume_and_log_once(tmp_path, clust
     spec, path = write_spec(tmp_path, "node-loss", [
         "cells.ste=[identity, clipped_relu]", "cells.bits=[2]", "budget.trials_per_cell=2",
         "replicates.seeds=[]", f"train.epochs={epochs}", "train.batch_size=8", "asha.enabled=false",
-        "max_failures=3"])
+        "max_failures=3", "resources.checkpoint_s=0"])  # a checkpoint every epoch: resume from it
     log = tmp_path / "driver.log"
     search_dir = spec.sweep_dir() / "search"
     with sweep_driver(path, c.address, log) as driver:

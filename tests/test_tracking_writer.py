@@ -93,3 +93,38 @@ def test_a_store_refusal_in_the_writer_is_raised_on_the_driver(tmp_path):
         tracker.log_epoch("a", {"val_acc": 0.3}, 3)
     with pytest.raises(MlflowException):
         tracker.end_trial("a", "finished")
+
+
+def test_epochs_a_failed_store_did_not_take_travel_with_tunes_snapshot_to_the_resume(tmp_path):
+    import pickle
+
+    from stetune.sweep.callbacks import TrackingCallback, register_tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker(uri, "exp", "sweep")
+    tracker.start_sweep({"name": "sweep"})
+    tracker._epochs = EpochWriter(tracker.client, interval=3600)
+    register_tracker(tracker, uri, "exp", "sweep")
+    cb = TrackingCallback(uri, "exp", "sweep", "search", status=None)
+    for trial in "ab":
+        tracker.trial_run(trial, params={}, tags={})
+    run_a = tracker._trial("a").run_id
+    assert cb.get_state() is None  # nothing pending: the snapshot needs nothing of ours
+    tracker.client.delete_run(run_a)  # the store refuses the writes to a
+    for epoch in (1, 2):
+        for trial in "ab":
+            tracker.log_epoch(trial, {"val_acc": epoch / 10}, epoch)
+    state = cb.get_state()  # the flush failed; the snapshot is still taken, with a's epochs
+    assert {run_a} <= set(state["unwritten"]) and {m[3] for m in state["unwritten"][run_a]} == {1, 2}
+    with pytest.raises(MlflowException):  # and the sweep still hears of the failure
+        tracker.flush()
+
+    tracker.client.restore_run(run_a)  # the store works again: a resume, in a new driver
+    resumed = SweepTracker(uri, "exp", "sweep")
+    resumed.start_sweep({"name": "sweep"}, resume=True)
+    register_tracker(resumed, uri, "exp", "sweep")
+    restored = pickle.loads(pickle.dumps(cb))  # Tune's copy of the callback
+    restored.set_state(state)
+    restored.tracker.flush()
+    for trial in "ab":
+        assert _steps(resumed.client, resumed._trial(trial).run_id) == [1, 2]

@@ -304,3 +304,22 @@ def test_importing_the_trainer_loads_neither_ray_nor_mlflow():
 def test_result_is_json_serialisable():
     result = train(RunSpec(**dict(QUICK, epochs=1)))
     json.dumps(result.to_dict())
+
+
+def test_checkpoints_on_the_interval_at_the_end_and_when_a_stop_is_coming(tmp_path, monkeypatch):
+    import stetune.train as train_mod
+
+    saved = []
+    real = train_mod.save_checkpoint
+    monkeypatch.setattr(train_mod, "save_checkpoint",
+                        lambda path, *a: (saved.append(a[4]), real(path, *a)))  # a[4]: the epoch
+    spec = RunSpec(**dict(QUICK, epochs=4))
+    train(spec, checkpoint_dir=tmp_path / "a", checkpoint_every=3600)
+    assert saved == [4]  # the interval never came: the last epoch only
+    saved.clear()
+    asked = iter([False, True, True])  # the driver asks after epoch 2 (a stop is coming)
+    train(spec, checkpoint_dir=tmp_path / "b", checkpoint_every=3600, save_now=lambda: next(asked))
+    assert saved == [2, 3, 4]
+    saved.clear()
+    train(spec, checkpoint_dir=tmp_path / "c", checkpoint_every=0)
+    assert saved == [1, 2, 3, 4]

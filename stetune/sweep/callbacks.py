@@ -13,10 +13,10 @@ from pathlib import Path
 from ray.tune import Callback
 
 from ..naming import WEIGHTS_ARTIFACT, run_name
-from ..tracking import SweepTracker
+from ..tracking import STORE_ERRORS, SweepTracker
 from .kinds.base import FINAL_KEYS
 
-__all__ = ["TrackingCallback", "register_tracker", "get_tracker", "trial_config"]
+__all__ = ["TrackingCallback", "SchedulerState", "register_tracker", "get_tracker", "trial_config"]
 
 # keys Tune adds to every result: bookkeeping, not training metrics
 TUNE_BOOKKEEPING = frozenset({
@@ -73,14 +73,24 @@ class TrackingCallback(Callback):
 
     def get_state(self):
         # Tune snapshots the experiment now: MLflow must hold every epoch it has seen, or a
-        # resume from this snapshot would not re-report the ones the writer still held
-        self.tracker.flush()
+        # resume from this snapshot would not re-report the ones the writer still held. When the
+        # store fails, the snapshot keeps them (raising here would abort the snapshot, leaving an
+        # older one that names checkpoints Tune has since deleted); the failure stops the sweep
+        # at the tracker's next write.
+        try:
+            self.tracker.flush()
+        except (OSError, *STORE_ERRORS):
+            return {"unwritten": self.tracker.unwritten()}
         return None
+
+    def set_state(self, state: dict) -> None:
+        self._unwritten = state.get("unwritten") or {}
 
     @property
     def tracker(self) -> SweepTracker:
         if self._tracker is None:
             self._tracker = get_tracker(*self.args)
+            self._tracker.rewrite(self.__dict__.pop("_unwritten", {}))
         return self._tracker
 
     def key(self, trial) -> str:
@@ -162,3 +172,22 @@ def _ended_name(trial, status: str) -> str:
 
 def _finals(last: dict, keys) -> dict:
     return {k: last[k] for k in keys if isinstance(last.get(k), (int, float))}
+
+
+class SchedulerState(Callback):
+    """Saves the scheduler (ASHA's per-cell brackets) with each experiment snapshot. Tune saves
+    only the scheduler it started with (in tuner.pkl); restored, that one has seen no result, and
+    a resumed search would judge its rungs afresh. tuner.pkl pickles this callback with the
+    scheduler, so the restored copy still holds the restored scheduler."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def get_state(self):
+        return {"scheduler": dict(self.scheduler.__dict__)}
+
+    def set_state(self, state: dict) -> None:
+        self.scheduler.__dict__.update(state["scheduler"])
+        on_restore = getattr(self.scheduler, "on_restore", None)
+        if on_restore is not None:
+            on_restore()

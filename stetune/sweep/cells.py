@@ -22,7 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ..spec.sweep import suggest
 from .kinds.base import cell_config, cell_key
 from .packs import MEMBER_END, member_id, pack_config, put_stop
-from .samplers import make_sampler, open_storage, study_name
+from .samplers import make_sampler, open_storage, study_name, study_verdicts
 
 __all__ = ["CellSearcher", "CellASHA", "PackASHA"]
 
@@ -30,8 +30,8 @@ CURVE_POINTS = 25  # intermediate values per Optuna trial: a learning curve, not
 
 
 class _PickledState:
-    """Tune saves searchers and schedulers with the experiment: the whole state, sub-searchers
-    and per-cell brackets included, so `stetune resume` continues where the driver died."""
+    """Tune saves the searcher with the experiment: the whole state, sub-searchers included, so
+    `stetune resume` continues where the driver died (schedulers: callbacks.SchedulerState)."""
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -53,6 +53,7 @@ class CellSearcher(_PickledState, Searcher):
         # pack > 1: each Tune trial is a pack of up to `pack` members of one cell, each member
         # its own Optuna trial (id "<tune id>-<i>"; packs.py); member_last: their last results
         self.pack, self.packs, self.member_last, self.members_done = pack, {}, {}, set()
+        self.ends: list[tuple] = []  # ended trials Optuna has not heard of yet (_complete)
         self.cells = [tuple(c) for c in cells]
         self.trials_per_cell, self.epochs = trials_per_cell, epochs
         # the define-by-run space must be a picklable module-level function, or Tune cannot save
@@ -84,11 +85,16 @@ class CellSearcher(_PickledState, Searcher):
         cfgs = [self._member(i, tid) for tid in self._ids(trial_id)]
         return {"cfg": pack_config(cfgs) if trial_id in self.packs else cfgs[0]}
 
+    def save(self, checkpoint_path: str) -> None:
+        super().save(checkpoint_path)  # with the ends not yet told: a resume tells them
+        self._tell_ends()
+
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         for name, empty in (("pack", 1), ("packs", {}), ("member_last", {}),
-                            ("members_done", set()), ("epochs", None)):
+                            ("members_done", set()), ("epochs", None), ("ends", [])):
             self.__dict__.setdefault(name, empty)  # a searcher saved by an older stetune
+        self._tell_ends()
 
     def _size(self, trial_id: str, i: int) -> int:
         k = min(self.pack, self.trials_per_cell - self.issued[i])
@@ -143,9 +149,22 @@ class CellSearcher(_PickledState, Searcher):
             self._complete(self.trial_cell[trial_id], tid, self.member_last.get(tid), error)
 
     def _complete(self, cell: int, trial_id: str, result: dict | None, error: bool = False) -> None:
+        """Optuna hears of a trial's end once Tune's snapshot holds it (`save`): an ended Optuna
+        trial cannot change, and a driver killed before the snapshot reruns or re-issues it. The
+        search's last end is told at once (no snapshot may follow)."""
         if trial_id in self.members_done:
             return
         self.members_done.add(trial_id)
+        self.ends.append((cell, trial_id, result, error))
+        if len(self.members_done) >= self.trials_per_cell * len(self.cells):
+            self._tell_ends()
+
+    def _tell_ends(self) -> None:
+        ends, self.ends = self.ends, []
+        for end in ends:
+            self._tell(*end)
+
+    def _tell(self, cell: int, trial_id: str, result: dict | None, error: bool) -> None:
         never = result is None or self.metric not in result  # Optuna records it as failed
         # stopped early by ASHA: Optuna's PRUNED (its value the last intermediate one), so
         # the dashboard and TPE tell it from a trial that ran every epoch
@@ -155,24 +174,46 @@ class CellSearcher(_PickledState, Searcher):
                   and result.get("epoch", epochs) < epochs)
         sub = self.subs[cell]
         value = None if never else result[self.metric]
-        if isinstance(value, (int, float)) and math.isfinite(value) \
-                and trial_id in sub._ot_trials:  # Tune hands the last result only here
-            with warnings.catch_warnings():  # "already reported at this step": fine
-                warnings.simplefilter("ignore")
-                sub._ot_trials[trial_id].report(value, int(result.get("training_iteration", 1)))
         try:
+            if isinstance(value, (int, float)) and math.isfinite(value) \
+                    and trial_id in sub._ot_trials:  # Tune hands the last result only here
+                with warnings.catch_warnings():  # "already reported at this step": fine
+                    warnings.simplefilter("ignore")
+                    sub._ot_trials[trial_id].report(value, int(result.get("training_iteration", 1)))
             sub.on_trial_complete(trial_id, None if never or pruned else result,
                                   error=error or never)
         except UpdateFinishedTrialError:  # told before the driver was killed: it stands
             pass
 
 
-class CellASHA(_PickledState, FIFOScheduler):
+class _StudyVerdicts:
+    """A resumed search keeps the verdicts its killed driver gave after Tune's last snapshot:
+    the studies hold them (Optuna writes at once), the rerun re-reports from older checkpoints,
+    and Optuna cannot change an ended trial. A trial the study pruned stops at its first result;
+    one it completed is never stopped. `studies`: (storage URL, study names); None: not kept."""
+
+    studies: tuple[str, list[str]] | None = None
+    verdicts: dict[str, str] = {}
+
+    def on_restore(self) -> None:
+        if self.studies is not None:
+            self.verdicts = study_verdicts(*self.studies)
+
+    def _verdict(self, trial_id: str, decision: str) -> str:
+        verdict = self.verdicts.get(trial_id)
+        if verdict == "PRUNED":
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE if verdict == "COMPLETE" else decision
+
+
+class CellASHA(_StudyVerdicts, FIFOScheduler):
     """ASHA early stopping with one bracket set per cell: a trial competes only with the trials
     of its own cell, so every cell keeps its best configurations."""
 
-    def __init__(self, metric: str, mode: str, max_t: int, grace_period: int, reduction_factor: float):
+    def __init__(self, metric: str, mode: str, max_t: int, grace_period: int, reduction_factor: float,
+                 studies: tuple[str, list[str]] | None = None):
         super().__init__()
+        self.studies = studies
         self.kwargs = dict(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
                            grace_period=grace_period, reduction_factor=reduction_factor)
         self.cells: dict[str, ASHAScheduler] = {}
@@ -194,7 +235,8 @@ class CellASHA(_PickledState, FIFOScheduler):
         self._sub(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result):
-        return self._sub(trial).on_trial_result(tune_controller, trial, result)
+        return self._verdict(trial.trial_id, self._sub(trial).on_trial_result(
+            tune_controller, trial, result))
 
     def on_trial_complete(self, tune_controller, trial, result):
         self._sub(trial).on_trial_complete(tune_controller, trial, result)
@@ -214,15 +256,17 @@ class _Stub:
     trial_id: str
 
 
-class PackASHA(_PickledState, FIFOScheduler):
+class PackASHA(_StudyVerdicts, FIFOScheduler):
     """ASHA with one bracket per cell over pack members (by their epoch, not Tune's iteration,
     which counts a pack's results). The pack trial itself always continues; a stopped member's
     decision goes to its worker through the key-value store (again for a re-reported rung after
-    a retry or resume, so the decision stands). Pickled with the experiment, brackets included."""
+    a retry or resume, so the decision stands). Saved with each snapshot by SchedulerState."""
 
     def __init__(self, metric: str, mode: str, max_t: int, grace_period: int,
-                 reduction_factor: float, channel: str):
+                 reduction_factor: float, channel: str,
+                 studies: tuple[str, list[str]] | None = None):
         super().__init__()
+        self.studies = studies
         self.score, self.sign = metric, 1 if mode == "max" else -1
         self.max_t, self.grace, self.rf, self.channel = max_t, grace_period, reduction_factor, channel
         self.cells: dict[str, _Bracket] = {}
@@ -244,7 +288,8 @@ class PackASHA(_PickledState, FIFOScheduler):
             cell = trial.config["cfg"]["cell"]
             bracket = self.cells.setdefault(cell, _Bracket(self.grace, self.max_t, self.rf, 0))
             reward = self.sign * value if math.isfinite(value) else -math.inf
-            if bracket.on_result(_Stub(mid), epoch, reward) == TrialScheduler.STOP:
+            decision = self._verdict(mid, bracket.on_result(_Stub(mid), epoch, reward))
+            if decision == TrialScheduler.STOP:
                 self.stopped.add(mid)
         if mid in self.stopped:
             put_stop(self.channel, mid)

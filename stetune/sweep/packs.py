@@ -113,15 +113,17 @@ class PackDemux(Callback):
         self._all("setup", **info)
 
     def get_state(self):
-        """Which members have ended, and their last results, with each experiment snapshot (the
-        wrapped callbacks hold no state of their own: TrackingCallback flushes MLflow here)."""
-        for cb in self.callbacks:
-            cb.get_state()
+        """Which members have ended, and their last results, with each experiment snapshot and the
+        wrapped callbacks' own (TrackingCallback flushes MLflow here)."""
         return {"members": {tid: [(m.ended, m.last_result) for m in ms]
-                            for tid, ms in self._members.items()}}
+                            for tid, ms in self._members.items()},
+                "callbacks": [cb.get_state() for cb in self.callbacks]}
 
     def set_state(self, state: dict) -> None:
         self._restored = state.get("members", {})
+        for cb, saved in zip(self.callbacks, state.get("callbacks", [])):
+            if saved:
+                cb.set_state(saved)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         members = self.members(trial)

@@ -23,7 +23,8 @@ from ray.tune.logger import JsonLoggerCallback
 
 from ..checkpoint import CHECKPOINT_FILE
 from ..tracking import STORE_ERRORS
-from .callbacks import TrackingCallback
+from .callbacks import SchedulerState, TrackingCallback
+from .stopping import SaveBeforeStop
 from .kinds.base import FINAL_KEYS, trial_status
 from .packs import MEMBER_END, PackDemux, is_pack, member_id
 from .progress import PhaseProgress
@@ -103,6 +104,7 @@ class Phase:
     final_keys: tuple = FINAL_KEYS
     log_weights: bool = False        # finished trials log weights/model.pt (runs worth starting from)
     max_failures: int = 2            # retries per trial, resumed from its last checkpoint
+    channel: str | None = None       # the workers' key-value channel (stopping.py, packs.py)
 
     def judge(self) -> Callable:
         return self.status or partial(trial_status, epochs=self.epochs)
@@ -147,6 +149,10 @@ def run_phase(session, phase: Phase) -> list[Outcome]:
             PhaseProgress(phase.name, phase.metric, phase.mode, status, phase.per_cell,
                           _total(phase))]),
             JsonLoggerCallback()]
+        if phase.scheduler is not None:
+            callbacks.append(SchedulerState(phase.scheduler))
+        if phase.channel is not None:  # a stop lets the running trials checkpoint first
+            callbacks.append(SaveBeforeStop(phase.channel))
         grid = {} if phase.configs is None else {"cfg": tune.grid_search(phase.configs)}
         tuner = tune.Tuner(
             trainable, param_space=grid,

@@ -7,7 +7,8 @@ import optuna
 
 from ..spec.search import METHODS
 
-__all__ = ["make_sampler", "open_storage", "study_name", "METHODS", "CellGridSampler"]
+__all__ = ["make_sampler", "open_storage", "study_name", "METHODS", "CellGridSampler",
+           "study_verdicts"]
 
 
 class CellGridSampler(optuna.samplers.GridSampler):
@@ -90,3 +91,18 @@ def drop_studies(url: str, names: list[str]) -> None:
     storage = open_storage(url)
     for name in set(names) & set(optuna.get_all_study_names(storage)):
         optuna.delete_study(study_name=name, storage=storage)
+
+
+def study_verdicts(url: str, names: list[str], phase: str = "search") -> dict[str, str]:
+    """{Tune trial id: "COMPLETE" | "PRUNED"} of the trials the studies hold as ended: on resume,
+    what a killed driver had told Optuna after Tune's last snapshot, which the rerun must keep
+    (Optuna cannot change an ended trial)."""
+    storage, out, prefix = open_storage(url), {}, f"{phase}-"
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for name in set(names) & set(optuna.get_all_study_names(storage)):
+        study = optuna.load_study(study_name=name, storage=storage)
+        for t in study.get_trials(deepcopy=False, states=ended):
+            tid = t.user_attrs.get("stetune.trial_id", "")
+            if tid.startswith(prefix):
+                out[tid[len(prefix):]] = t.state.name
+    return out

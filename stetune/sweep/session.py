@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,15 +176,20 @@ def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int
         how = ("restore the sweep's mlflow.db, or rerun the spec under another name" if resume
                else "delete it or point mlflow.tracking_uri elsewhere")
         raise SweepStateError(f"{e}; {how}") from None
-    _init_ray(address, verbose)
-    if kind.preflight is not None:  # e.g. the dataset is missing: before any run is made
-        kind.preflight(spec, local=address is None)
-    try:
-        tracker = SweepTracker(uri, experiment, spec.name, phases=kind.phases)
-    except ImportError as e:  # e.g. postgresql:// is SQLAlchemy's psycopg (3), not psycopg2
-        raise StoreUnusable(f"the MLflow store {redact(uri)} needs the Python module {e.name!r}, "
-                            f"which is not installed here: install it, or name an installed "
-                            f"driver in the URI (e.g. postgresql+psycopg2://)") from None
+
+    def prepare() -> SweepTracker:
+        if kind.preflight is not None:  # e.g. the dataset is missing: before any run is made
+            kind.preflight(spec, local=address is None)
+        return _open_tracker(uri, experiment, spec, kind)
+
+    if address is None:  # a local sweep's checks need no Ray: they overlap its start (seconds)
+        with ThreadPoolExecutor(1, thread_name_prefix="stetune-prepare") as pool:
+            prepared = pool.submit(prepare)
+            _init_ray(address, verbose)
+            tracker = prepared.result()
+    else:  # on a cluster the data is looked at where the trials run
+        _init_ray(address, verbose)
+        tracker = prepare()
     tracker.start_sweep(spec.to_dict(), resume=resume, allow_changes=allow_spec_change)
     signals = _Signals()
     session = Session(spec, kind, state, resume, verbose, tracker, signals)
@@ -194,6 +200,13 @@ def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int
         register_tracker(tracker, uri, experiment, spec.name)
         signals.install()
         yield session
+        # the wrap-up is still the sweep's: a signal here ends it KILLED too (resume redoes it)
+        session.save()
+        tracker.log_artifact(str(path))
+        text = kind.summary(spec, state)
+        tracker.describe(f"Sweep `{spec.name}` ({kind.name}): {kind.description}.\n\n```\n{text}\n```",
+                         kind.headline(spec, state) if kind.headline else None)
+        tracker.end_sweep("FINISHED")
     except (SweepInterrupted, KeyboardInterrupt) as e:
         if not isinstance(e, SweepInterrupted):
             e = SweepInterrupted(signals.received or signal.SIGINT)
@@ -205,12 +218,6 @@ def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int
         raise
     finally:
         signals.restore()
-    session.save()
-    tracker.log_artifact(str(path))
-    text = kind.summary(spec, state)
-    tracker.describe(f"Sweep `{spec.name}` ({kind.name}): {kind.description}.\n\n```\n{text}\n```",
-                     kind.headline(spec, state) if kind.headline else None)
-    tracker.end_sweep("FINISHED")
 
 
 def _quiet(verbose: int):
@@ -250,7 +257,10 @@ def _quiet(verbose: int):
 
 
 def _no_trial_tracebacks(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(("Trial task failed", "Trials did not complete"))
+    # also Tune's own notes on a stop, whose "Tuner.restore(...)" is stetune resume here
+    return not str(record.msg).startswith((
+        "Trial task failed", "Trials did not complete", "Stop signal received",
+        "Experiment has been interrupted"))
 
 
 def check_cluster(address: str | None, timeout: float = 5.0) -> None:
@@ -267,6 +277,15 @@ def check_cluster(address: str | None, timeout: float = 5.0) -> None:
         raise ClusterUnreachable(f"the Ray cluster at {address} does not answer ({gist(e)}): "
                                  f"nothing was created; start it (ray start --head) or fix "
                                  f"--address") from None
+
+
+def _open_tracker(uri: str, experiment: str, spec, kind) -> SweepTracker:
+    try:
+        return SweepTracker(uri, experiment, spec.name, phases=kind.phases)
+    except ImportError as e:  # e.g. postgresql:// is SQLAlchemy's psycopg (3), not psycopg2
+        raise StoreUnusable(f"the MLflow store {redact(uri)} needs the Python module {e.name!r}, "
+                            f"which is not installed here: install it, or name an installed "
+                            f"driver in the URI (e.g. postgresql+psycopg2://)") from None
 
 
 def _init_ray(address: str | None, verbose: int) -> None:

@@ -24,11 +24,13 @@ WEIGHTS_PHASES = ("pretrain", "replicate")  # few runs, each one worth starting 
 
 # -- the trial: runs on a worker, anywhere in the cluster ------------------------------------------
 def trial_fn(config: dict, spec: dict, init_state: bytes | None = None,
-             rungs: tuple[int, ...] = ()) -> None:
+             rungs: tuple[int, ...] = (), channel: str = "") -> None:
     """Train one trial; report each epoch, with a checkpoint every `resources.checkpoint_s`
-    seconds and at the end, so a retried trial resumes from a recent epoch rather than from
-    zero. `rungs`: the epochs after which the scheduler may stop it."""
+    seconds, at the end and when the sweep is stopping, so a retried or resumed trial goes on
+    from a recent epoch rather than from zero. `rungs`: the epochs after which the scheduler
+    may stop it."""
     from ..phase import trial_workspace
+    from ..stopping import save_requested
 
     cfg = config["cfg"]
     with trial_workspace(decides=frozenset(rungs).__contains__) as ws:
@@ -36,7 +38,7 @@ def trial_fn(config: dict, spec: dict, init_state: bytes | None = None,
         run = _run_spec(sweep, cfg)
         if init_state is not None and cfg["phase"] != "pretrain":
             run = replace(run, init_from=ws.write("init.pt", init_state))
-        train(run, ws.report, checkpoint_dir=ws.ckpt,
+        train(run, ws.report, checkpoint_dir=ws.ckpt, save_now=save_requested(channel),
               checkpoint_every=sweep.resources.checkpoint_s)
 
 
@@ -50,6 +52,7 @@ def pack_fn(config: dict, spec: dict, init_state: bytes | None = None,
     from ...pack import train_pack
     from ..packs import MEMBER_END, member_id, stop_requested
     from ..phase import trial_workspace
+    from ..stopping import save_requested
 
     cfg, pack_id = config["cfg"], tune.get_context().get_trial_id()
     with trial_workspace() as ws:
@@ -68,7 +71,7 @@ def pack_fn(config: dict, spec: dict, init_state: bytes | None = None,
                 return True
             return False
 
-        train_pack(runs, report, checkpoint_dir=ws.ckpt,
+        train_pack(runs, report, checkpoint_dir=ws.ckpt, save_now=save_requested(channel),
                    checkpoint_every=sweep.resources.checkpoint_s)
         # always one last result: a pack restored after all its members ended (its driver
         # killed before Tune's snapshot saw it end) reports nothing else, which Tune takes
@@ -104,10 +107,9 @@ def _phase(session, name: str, epochs: int, per_cell: int, init: bytes | None,
     from ..phase import Phase
 
     spec = session.spec
-    kwargs = {"spec": spec.to_dict(), "init_state": init, "rungs": rungs}
-    if pack > 1:
-        kwargs["channel"] = _channel(spec, name)
-    return Phase(name, pack_fn if pack > 1 else trial_fn, kwargs, epochs, per_cell,
+    channel = _channel(spec, name)
+    kwargs = {"spec": spec.to_dict(), "init_state": init, "rungs": rungs, "channel": channel}
+    return Phase(name, pack_fn if pack > 1 else trial_fn, kwargs, epochs, per_cell, channel=channel,
                  resources={"cpu": spec.resources.cpus_per_trial,
                             "gpu": spec.resources.gpus_per_trial},
                  metric=spec.metric, mode=spec.mode, params=RunParams(spec.to_dict()),
@@ -115,7 +117,7 @@ def _phase(session, name: str, epochs: int, per_cell: int, init: bytes | None,
 
 
 def _channel(spec: SweepSpec, phase: str) -> str:
-    return f"{spec.storage}/{spec.name}/{phase}"  # where a pack's worker finds ASHA's decisions
+    return f"{spec.storage}/{spec.name}/{phase}"  # ASHA's decisions for packs, a stop's request
 
 
 AUTO_PACK_CPU = 8  # on a CPU, larger packs gain little per member (stetune.bench_pack)
@@ -181,7 +183,8 @@ def _search(session, init: bytes | None) -> None:
     studies = [study_name(spec.name, cell_key(*c)) for c in cells]
     asha_args = (spec.metric, spec.mode, epochs, spec.asha.grace_period, spec.asha.reduction_factor)
     asha = None if not spec.asha.enabled else (
-        PackASHA(*asha_args, _channel(spec, "search")) if k > 1 else CellASHA(*asha_args))
+        PackASHA(*asha_args, _channel(spec, "search"), studies=(storage, studies)) if k > 1
+        else CellASHA(*asha_args, studies=(storage, studies)))
     searcher = scheduler = None  # a resumed phase brings back its own (Tune's saved state)
     if not (session.resume and (spec.sweep_dir() / "search").exists()):
         # before CellSearcher creates them: a new sweep's must be new; a resumed sweep restarting

@@ -99,6 +99,7 @@ class SweepTracker:
         self._resumed = False  # a fresh sweep's trial runs are all in self._trials: no lookups
         self._trials: dict[str, _Trial] = {}
         self._epochs = EpochWriter(self.client)  # per-epoch metrics, batched off the event loop
+        self._rewritten: dict[str, int] = {}  # run id -> last epoch queued by rewrite()
         self._context: dict | None = None
 
     @property
@@ -318,6 +319,7 @@ class SweepTracker:
             trial.last_step = max((m.step for k in keys
                                    for m in self.client.get_metric_history(trial.run_id, k)),
                                   default=-math.inf)
+            trial.last_step = max(trial.last_step, self._rewritten.get(trial.run_id, -math.inf))
         return trial
 
     def log_epoch(self, trial_id: str, metrics: dict, step: int) -> None:
@@ -341,9 +343,11 @@ class SweepTracker:
                 for run_id, ms in self._epochs.unwritten().items()}
 
     def rewrite(self, unwritten: dict[str, list[tuple]]) -> None:
-        """Queue again what `unwritten` returned (a resume: its driver's store had failed)."""
+        """Queue again what `unwritten` returned with a snapshot (a resume from it): those
+        epochs count as logged, so a trial re-reporting them is not logged twice."""
         for run_id, ms in unwritten.items():
             self._epochs.put(run_id, [Metric(*m) for m in ms])
+            self._rewritten[run_id] = max([m[3] for m in ms] + [self._rewritten.get(run_id, -1)])
 
     def end_trial(self, trial_id: str, status: str, summary: dict | None = None,
                   name: str | None = None) -> None:

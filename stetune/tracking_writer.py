@@ -5,10 +5,11 @@ MLflow's own async logging (`log_batch(synchronous=False)`) merges only consecut
 one run, so with trials reporting in turn it still writes once per epoch, and it logs a failure
 to stderr before the caller hears of it. Here every run's pending epochs go in one `log_batch`
 per interval, and a failure (a full disk, a dead server) is raised on the driver's next call:
-the sweep then stops with its usual one-line message, and what was not written stays pending
-(`unwritten`: Tune's snapshot keeps it for the resume). `flush` writes everything pending before
-a run ends, before Tune snapshots the experiment (a resume re-reports nothing it lost) and at
-the sweep's end."""
+the sweep then stops with its usual one-line message, and what was not written stays pending.
+Each Tune snapshot keeps what the store may not hold yet (`unwritten`), which a resume from it
+writes again (the store drops exact duplicates), so a driver killed at any point loses no epoch
+that Tune will not re-report. `flush` writes everything pending before a run ends and at the
+sweep's end."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class EpochWriter:
         self._cv = threading.Condition()
         self._write = threading.Lock()  # one writer at a time, in order: thread or flush
         self._pending: dict[str, list[Metric]] = {}
+        self._inflight: dict[str, list[Metric]] = {}  # taken by the write going on now
         self._count = 0
         self._error: BaseException | None = None
         self._closed = False
@@ -65,9 +67,13 @@ class EpochWriter:
         self.flush()
 
     def unwritten(self) -> dict[str, list[Metric]]:
-        """What is pending now (after a failed write: what it could not write)."""
+        """What the store may not hold yet: the write going on now, and what is pending (after
+        a failed write, what it could not write)."""
         with self._cv:
-            return {run_id: list(ms) for run_id, ms in self._pending.items()}
+            out = {run_id: list(ms) for run_id, ms in self._inflight.items()}
+            for run_id, ms in self._pending.items():
+                out.setdefault(run_id, []).extend(ms)
+            return out
 
     def _requeue(self, metrics: dict[str, list[Metric]]) -> None:
         with self._cv:  # in front of anything put since: a later flush writes them in order
@@ -80,6 +86,7 @@ class EpochWriter:
         with self._write:
             with self._cv:
                 pending, self._pending, self._count = self._pending, {}, 0
+                self._inflight = pending
             left = dict(pending)
             try:
                 for run_id, metrics in pending.items():
@@ -90,6 +97,9 @@ class EpochWriter:
             except BaseException:
                 self._requeue({k: v for k, v in left.items() if v})  # kept, not lost
                 raise
+            finally:
+                with self._cv:
+                    self._inflight = {}
 
     def _run(self) -> None:
         while True:

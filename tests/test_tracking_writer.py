@@ -95,7 +95,10 @@ def test_a_store_refusal_in_the_writer_is_raised_on_the_driver(tmp_path):
         tracker.end_trial("a", "finished")
 
 
-def test_epochs_a_failed_store_did_not_take_travel_with_tunes_snapshot_to_the_resume(tmp_path):
+def test_epochs_the_store_does_not_hold_yet_travel_with_tunes_snapshot_to_the_resume(tmp_path):
+    """A resume re-reports only what its snapshot has not seen, so the snapshot keeps the epochs
+    the writer holds, written by nobody at snapshot time (no store call on the event loop), and
+    kept even when the store then fails; the resumed driver writes them and logs none twice."""
     import pickle
 
     from stetune.sweep.callbacks import TrackingCallback, register_tracker
@@ -103,28 +106,35 @@ def test_epochs_a_failed_store_did_not_take_travel_with_tunes_snapshot_to_the_re
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = SweepTracker(uri, "exp", "sweep")
     tracker.start_sweep({"name": "sweep"})
-    tracker._epochs = EpochWriter(tracker.client, interval=3600)
+    client = Counting(uri)
+    tracker._epochs = EpochWriter(client, interval=3600)
     register_tracker(tracker, uri, "exp", "sweep")
     cb = TrackingCallback(uri, "exp", "sweep", "search", status=None)
     for trial in "ab":
         tracker.trial_run(trial, params={}, tags={})
-    run_a = tracker._trial("a").run_id
+    run_a, run_b = (tracker._trial(t).run_id for t in "ab")
     assert cb.get_state() is None  # nothing pending: the snapshot needs nothing of ours
-    tracker.client.delete_run(run_a)  # the store refuses the writes to a
     for epoch in (1, 2):
-        for trial in "ab":
+        for trial in "ba":  # b's batch goes first
             tracker.log_epoch(trial, {"val_acc": epoch / 10}, epoch)
-    state = cb.get_state()  # the flush failed; the snapshot is still taken, with a's epochs
-    assert {run_a} <= set(state["unwritten"]) and {m[3] for m in state["unwritten"][run_a]} == {1, 2}
-    with pytest.raises(MlflowException):  # and the sweep still hears of the failure
+    state = cb.get_state()
+    assert client.batches == []  # the snapshot wrote nothing
+    assert {run: sorted({m[3] for m in ms}) for run, ms in state["unwritten"].items()} == \
+        {run_a: [1, 2], run_b: [1, 2]}
+    tracker.client.delete_run(run_a)  # then the store refuses a's writes: the driver hears of it
+    with pytest.raises(MlflowException):
         tracker.flush()
+    assert set(tracker.unwritten()) == {run_a}  # b's went in after the snapshot; a's are kept
+    assert _steps(tracker.client, run_b) == [1, 2]
 
     tracker.client.restore_run(run_a)  # the store works again: a resume, in a new driver
     resumed = SweepTracker(uri, "exp", "sweep")
     resumed.start_sweep({"name": "sweep"}, resume=True)
     register_tracker(resumed, uri, "exp", "sweep")
     restored = pickle.loads(pickle.dumps(cb))  # Tune's copy of the callback
-    restored.set_state(state)
-    restored.tracker.flush()
-    for trial in "ab":
-        assert _steps(resumed.client, resumed._trial(trial).run_id) == [1, 2]
+    restored.set_state(pickle.loads(pickle.dumps(state)))
+    restored.tracker.log_epoch("a", {"val_acc": 0.2}, 2)  # re-reported (an older checkpoint)
+    restored.tracker.log_epoch("a", {"val_acc": 0.3}, 3)
+    restored.tracker.flush()  # b's epochs again too: the store drops exact duplicates
+    for trial, steps in (("a", [1, 2, 3]), ("b", [1, 2])):
+        assert _steps(resumed.client, resumed._trial(trial).run_id) == steps

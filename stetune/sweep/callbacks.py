@@ -13,7 +13,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from ..naming import WEIGHTS_ARTIFACT, run_name
-from ..tracking import STORE_ERRORS, SweepTracker
+from ..tracking import SweepTracker
 from .kinds.base import FINAL_KEYS
 
 __all__ = ["TrackingCallback", "SchedulerState", "register_tracker", "get_tracker", "trial_config"]
@@ -72,16 +72,11 @@ class TrackingCallback(Callback):
         self.__dict__.update({"_checkpoints": {}} | state)
 
     def get_state(self):
-        # Tune snapshots the experiment now: MLflow must hold every epoch it has seen, or a
-        # resume from this snapshot would not re-report the ones the writer still held. When the
-        # store fails, the snapshot keeps them (raising here would abort the snapshot, leaving an
-        # older one that names checkpoints Tune has since deleted); the failure stops the sweep
-        # at the tracker's next write.
-        try:
-            self.tracker.flush()
-        except (OSError, *STORE_ERRORS):
-            return {"unwritten": self.tracker.unwritten()}
-        return None
+        # Tune snapshots the experiment now: a resume from it will not re-report the epochs the
+        # writer still holds, so the snapshot keeps them (not a write here: that would put the
+        # store back on the event loop at every snapshot, and a failing store would abort it)
+        unwritten = self.tracker.unwritten()
+        return {"unwritten": unwritten} if unwritten else None
 
     def set_state(self, state: dict) -> None:
         self._unwritten = state.get("unwritten") or {}

@@ -236,7 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stetune: error: {e}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from .storage import StorageUnreachable
+
+    try:
+        return args.func(args)
+    except StorageUnreachable as e:  # list, show, analyze ... on an object store that fails
+        print(f"stetune {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

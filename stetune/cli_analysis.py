@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import warnings
 from pathlib import Path
+
+from . import storage as st
 
 __all__ = ["add_parsers", "locate"]
 
@@ -77,7 +80,7 @@ def _number(flag: str, rule: str, test):
 def locate(name: str, storage: str, tracking_uri: str | None,
            experiment: str | None) -> tuple[str, str]:
     """(tracking URI, experiment) of a sweep: the flags, else what its spec.json says."""
-    saved = Path(storage).expanduser().resolve() / name / "spec.json"
+    saved = st.locate(storage) / name / "spec.json"
     if tracking_uri is None:
         if not saved.exists():
             raise LookupError(f"no sweep named '{name}' in {saved.parent.parent} (no spec.json "
@@ -89,7 +92,7 @@ def locate(name: str, storage: str, tracking_uri: str | None,
         spec = spec_from_dict(json.loads(saved.read_text()))
         # the default store sits next to spec.json; a relative `storage` in the spec would
         # resolve against whatever directory this command runs in
-        uri = spec.mlflow.tracking_uri or default_tracking_uri(saved.parent)
+        uri = spec.mlflow.tracking_uri or default_tracking_uri(saved.parent.path)
         return uri, experiment or spec.resolved_experiment()
     return tracking_uri, experiment or name
 
@@ -129,15 +132,20 @@ def _run_analyze(args) -> int:
     if data is None:
         return 2
     rule = StabilityRule(args.spike_factor, args.gap_tol, args.max_divergence)
-    out = Path(args.out) if args.out else Path(args.storage) / args.name / "analysis"
-    files = write_report(data, out, rule)
-    if not args.no_log:
-        for sub in sorted({f.parent for f in files}):  # optuna/ keeps its folder there too
-            rel = sub.relative_to(out).as_posix()
-            log_sweep_artifacts(data.tracking_uri, data.parent_run_id,
-                                [f for f in files if f.parent == sub],
-                                "analysis" if rel == "." else f"analysis/{rel}")
-    print((out / "report.md").read_text())
+    where = st.locate(args.out or st.locate(args.storage) / args.name / "analysis")
+    with tempfile.TemporaryDirectory(prefix="stetune-analysis-") as tmp:
+        out = Path(where) if where.local else Path(tmp)  # an object store's: written, then sent
+        files = write_report(data, out, rule)
+        if not args.no_log:
+            for sub in sorted({f.parent for f in files}):  # optuna/ keeps its folder there too
+                rel = sub.relative_to(out).as_posix()
+                log_sweep_artifacts(data.tracking_uri, data.parent_run_id,
+                                    [f for f in files if f.parent == sub],
+                                    "analysis" if rel == "." else f"analysis/{rel}")
+        print((out / "report.md").read_text())
+        if not where.local:
+            where.upload(out)
+            files = [where / f.relative_to(out).as_posix() for f in files]
     print(f"wrote {', '.join(str(f) for f in files)}"
           + ("" if args.no_log else f"; logged to run {data.parent_run_id} under analysis/"),
           file=sys.stderr)
@@ -167,7 +175,8 @@ def _run_export(args) -> int:
     if args.out == "-":
         sys.stdout.write(text)
     else:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-        print(f"wrote {args.out}", file=sys.stderr)
+        out = st.locate(args.out)
+        out.parent.mkdir()
+        out.write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -11,7 +11,8 @@ import json
 import os
 import sys
 from datetime import datetime
-from pathlib import Path
+
+from .storage import Location, locate
 
 __all__ = ["add_parsers", "sweep_status", "read_state", "complete", "next_commands",
            "document", "print_document", "human_to_stderr", "EXIT_MEANINGS"]
@@ -47,10 +48,10 @@ def add_parsers(sub) -> None:
 
 
 # -- state -----------------------------------------------------------------------------------------
-def read_state(sweep_dir: Path) -> dict | None:
+def read_state(sweep_dir: Location) -> dict | None:
     """sweep.json's content; None when it is missing or unreadable (resume then says why)."""
     try:
-        state = json.loads((Path(sweep_dir) / "sweep.json").read_text())
+        state = json.loads((locate(sweep_dir) / "sweep.json").read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     return state if isinstance(state, dict) else None
@@ -66,19 +67,16 @@ def complete(state: dict | None, kind=None) -> bool:
     return kind is not None and not kind.resumable and bool(set(state) - {"failed"})
 
 
-def _holder(sweep_dir: Path) -> dict | None:
+def _holder(sweep_dir: Location) -> dict | None:
     """The live driver holding driver.lock (host, pid, started), judged as DriverLock judges a
     lock it finds; None when there is none. Read-only: the lock is never taken."""
     from .sweep.lock import DriverLock
 
-    lock = DriverLock(sweep_dir, sweep_dir.name)
-    if not lock.path.exists():
-        return None
-    held, age = lock._read()
-    return None if DriverLock._stale(held, age) else held
+    found = DriverLock(sweep_dir, sweep_dir.name).holder()
+    return None if found is None or DriverLock._stale(*found) else found[0]
 
 
-def sweep_status(sweep_dir: Path, state: dict | None, kind=None) -> dict:
+def sweep_status(sweep_dir: Location, state: dict | None, kind=None) -> dict:
     """{status, phase, exit_code, note}: running / interrupted / done / failed trials / stopped /
     not started; exit_code is the code the sweep's driver ended with (None: still running)."""
     held = _holder(sweep_dir)
@@ -108,12 +106,12 @@ def _failed(state: dict) -> list[str]:
             for t in trials]
 
 
-def _trials_ended(sweep_dir: Path) -> int | None:
+def _trials_ended(sweep_dir: Location) -> int | None:
     """Trials Tune ended (finished, stopped early or errored) over every phase folder, from each
     phase's newest experiment state; None when a state file cannot be read."""
     n = 0
-    for phase in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
-        states = sorted(phase.glob("experiment_state-*.json"))  # names hold the start time
+    for phase in (p for p in sweep_dir.iterdir() if p.is_dir()):
+        states = sorted(phase.glob("experiment_state-*.json"), key=lambda p: p.name)  # names hold the start time
         if not states:
             continue
         try:
@@ -124,12 +122,12 @@ def _trials_ended(sweep_dir: Path) -> int | None:
     return n
 
 
-def _modified(sweep_dir: Path) -> float:
+def _modified(sweep_dir: Location) -> float:
     # sweep.json, spec.json, the lock's heartbeat and the stores change while a sweep runs
-    return max((f.stat().st_mtime for f in sweep_dir.iterdir() if f.is_file()), default=0.0)
+    return max((f.mtime() for f in sweep_dir.iterdir() if f.is_file()), default=0.0)
 
 
-def _load(sweep_dir: Path):
+def _load(sweep_dir: Location):
     """(spec, kind) from spec.json: the spec resolved (any kind registered here), else None."""
     from .spec import SpecError, spec_from_dict
     from .sweep.kinds import get_kind
@@ -141,21 +139,19 @@ def _load(sweep_dir: Path):
         return None, None
 
 
-def _sweeps(storage: Path) -> list[Path]:
-    if not storage.is_dir():
-        return []
-    return sorted(d for d in storage.iterdir() if (d / "spec.json").is_file())
+def _sweeps(storage: Location) -> list[Location]:
+    return [d for d in storage.iterdir() if (d / "spec.json").is_file()]
 
 
 # -- what to print ---------------------------------------------------------------------------------
-def _tracking(spec, sweep_dir: Path) -> str:
+def _tracking(spec, sweep_dir: Location) -> str:
     from .naming import default_tracking_uri, redact
 
     # the default store sits beside spec.json, wherever this command runs (as analyze reads it)
-    return redact(spec.mlflow.tracking_uri or default_tracking_uri(sweep_dir))
+    return redact(spec.mlflow.tracking_uri or default_tracking_uri(sweep_dir.path))
 
 
-def next_commands(spec, sweep_dir: Path, storage: str) -> list[str]:
+def next_commands(spec, sweep_dir: Location, storage: str) -> list[str]:
     """Where to look next: MLflow (URI redacted), then analyze/export where the kind has them."""
     from .sweep.kinds import get_kind
 
@@ -173,8 +169,11 @@ def next_commands(spec, sweep_dir: Path, storage: str) -> list[str]:
     if spec.kind == "network":  # each cell's Optuna study
         from .naming import redact
 
-        studies = spec.search.storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
-        lines.append(f"  studies: optuna-dashboard {redact(studies)}   (pip install optuna-dashboard)")
+        studies = spec.search.storage or (f"sqlite:///{sweep_dir / 'optuna.db'}" if sweep_dir.local
+                                          else None)
+        lines.append(f"  studies: optuna-dashboard {redact(studies)}   (pip install optuna-dashboard)"
+                     if studies else f"  studies: Optuna's journal in {sweep_dir / 'optuna'} "
+                     f"(stetune analyze plots each cell's study)")
     return lines
 
 
@@ -193,7 +192,7 @@ def _rows(spec, state: dict | None) -> list:
     return (state or {}).get("rows") or (state or {}).get("summary") or []
 
 
-def document(name: str | None, spec, sweep_dir: Path | None, code: int | None = None) -> dict:
+def document(name: str | None, spec, sweep_dir: Location | None, code: int | None = None) -> dict:
     """The one JSON document of `sweep/resume/show --json`; exit_code: this command's (sweep,
     resume), else the one the sweep's driver ended with."""
     doc = {"name": name, "kind": None, "status": None, "phase": None, "storage": None,
@@ -245,7 +244,7 @@ def _when(t: float) -> str:
 
 
 def _run_list(args) -> int:
-    storage = Path(args.storage).expanduser().resolve()
+    storage = locate(args.storage)
     rows = []
     for d in _sweeps(storage):
         spec, kind = _load(d)
@@ -275,7 +274,7 @@ def _run_list(args) -> int:
 
 
 def _run_show(args) -> int:
-    storage = Path(args.storage).expanduser().resolve()
+    storage = locate(args.storage)
     d = storage / args.name
     if not (d / "spec.json").is_file():
         there = [p.name for p in _sweeps(storage)]
@@ -295,7 +294,7 @@ def _run_show(args) -> int:
     return 0
 
 
-def show(spec, kind, sweep_dir: Path, storage: str, *, out=None) -> None:
+def show(spec, kind, sweep_dir: Location, storage: str, *, out=None) -> None:
     """The state line, the summary table, failed trials and the next commands."""
     state = read_state(sweep_dir)
     st = sweep_status(sweep_dir, state, kind)

@@ -223,13 +223,13 @@ def _run_resume(args) -> int:
 def _resume(args):
     """(the saved spec, or None where there is none, and the exit code)."""
     import dataclasses
-    from pathlib import Path
 
     from .cli_show import complete, read_state
     from .spec import SpecError, apply_overrides, spec_from_dict
+    from .storage import locate
     from .sweep.kinds import get_kind
 
-    saved = Path(args.storage).expanduser().resolve() / args.name / "spec.json"
+    saved = locate(args.storage) / args.name / "spec.json"
     if not saved.exists():
         print(f"stetune resume: error: no sweep named '{args.name}' in {saved.parent.parent}",
               file=sys.stderr)
@@ -247,7 +247,7 @@ def _resume(args):
     kind = get_kind(spec.kind)
     if not kind.resumable:  # short grids: rerunning them is the resume
         print(f"stetune resume: error: {spec.kind} sweeps cannot be resumed; run the spec again "
-              f"under another name (or delete {Path(args.storage) / args.name})", file=sys.stderr)
+              f"under another name (or delete {saved.parent})", file=sys.stderr)
         return spec, 2
     state = read_state(saved.parent)
     # nothing left to run: no Ray, no MLflow. A --set goes on below, where a changed spec is

@@ -106,6 +106,7 @@ def _network(data: SweepData, out: Path, rule: StabilityRule) -> tuple[list[Path
 
 def _search(data: SweepData, out: Path, cells: list[str]) -> tuple[list[Path], list[str]]:
     """Per cell, Optuna's view of its search (the study the sweep persisted)."""
+    from .journal import is_journal
     from .studies import load_studies, study_figures
 
     studies, why = load_studies(data.tags.get("stetune.optuna_storage"), data.name, cells)
@@ -113,7 +114,9 @@ def _search(data: SweepData, out: Path, cells: list[str]) -> tuple[list[Path], l
     if not studies:
         return [], body + [f"No per-cell Optuna study to show: {why or 'none found'}.", ""]
     url = redact(data.tags["stetune.optuna_storage"])
-    body += [f"Each cell's study, from `{url}` (browse it: `optuna-dashboard {url}`): the "
+    browse = ("Optuna's journal in the sweep's object store" if is_journal(url)
+              else f"browse it: `optuna-dashboard {url}`")
+    body += [f"Each cell's study, from `{url}` ({browse}): the "
              f"optimisation history, and where more than one hyper-parameter was tuned, their "
              f"importance and a parallel-coordinate view.", ""]
     files: list[Path] = []

@@ -1,20 +1,14 @@
 """A network sweep's per-cell Optuna studies, read back for `stetune analyze`: Optuna's own
 optimisation history, parameter importance and parallel-coordinate plots per cell. Reads only:
-a sqlite storage is opened read-only, so analysis never creates or migrates one."""
+a sqlite storage is opened read-only, so analysis never creates or migrates one; an object store's
+journal (journal.py) is only read."""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 
-__all__ = ["load_studies", "study_figures", "readonly_url"]
-
-
-def readonly_url(url: str) -> str:
-    """sqlite:///path -> SQLite's read-only URI form; other databases as they are."""
-    if url.startswith("sqlite:///") and "mode=ro" not in url:
-        return f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true"
-    return url
+__all__ = ["load_studies", "study_figures"]
 
 
 def load_studies(url: str | None, sweep: str, cells: list[str]) -> tuple[dict, str | None]:
@@ -26,13 +20,15 @@ def load_studies(url: str | None, sweep: str, cells: list[str]) -> tuple[dict, s
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
+    from .journal import open_study_storage
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        storage = optuna.storages.RDBStorage(readonly_url(url))
+        storage = open_study_storage(url, readonly=True)
         names = set(optuna.get_all_study_names(storage))
         return {c: optuna.load_study(study_name=f"{sweep}/{c}", storage=storage)
                 for c in cells if f"{sweep}/{c}" in names}, None
-    except (SQLAlchemyError, RuntimeError, ValueError) as e:
+    except (SQLAlchemyError, OSError, RuntimeError, ValueError) as e:
         return {}, f"its Optuna storage cannot be read ({type(e).__name__}: {str(e)[:120]})"
 
 

@@ -186,11 +186,10 @@ class SweepTracker:
         self.client.log_text(run_id, yaml.safe_dump(redact(spec), sort_keys=False), spec_file)
         return run_id
 
-    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
-        if Path(local_path).is_dir():
-            self.client.log_artifacts(self.parent_run_id, local_path, artifact_path)
-        else:
-            self.client.log_artifact(self.parent_run_id, local_path, artifact_path)
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """A file of the sweep's (sweep.json) as an artifact of the parent run: read from its
+        storage, which may be an object store, so sent as text."""
+        self.client.log_text(self.parent_run_id, text, artifact_file)
 
     def tag_sweep(self, tags: dict) -> None:
         self._log_batch(self.parent_run_id, tags=_str_items(tags, MAX_TAG_VAL_LENGTH))

@@ -73,3 +73,48 @@ def mlflow_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("server")
     with running_mlflow_server(tmp) as (url, _):
         yield url, tmp
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 API server on 127.0.0.1 (no real S3 server installs from the registries here);
+    yields its endpoint URL."""
+    tmp = tmp_path_factory.mktemp("s3")
+    port = free_port()
+    log = open(tmp / "s3.log", "ab")
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"),
+                             "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for("moto s3 server", up, proc, tmp / "s3.log", timeout=60)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """A new bucket on the S3 server, its credentials in the environment (as every process of
+    a sweep reads them); yields 's3://<bucket>'."""
+    import secrets
+
+    import boto3
+
+    env = {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "stetune-test",
+           "AWS_SECRET_ACCESS_KEY": secrets.token_hex(8), "AWS_REGION": "us-east-1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    bucket = f"stetune-{secrets.token_hex(4)}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}"

@@ -119,9 +119,9 @@ def check_studies(spec: SweepSpec, search_runs: list) -> None:
     left RUNNING (a resumed search ends its orphans FAIL)."""
     import optuna
 
-    from stetune.studies import readonly_url
+    from stetune.journal import open_study_storage
 
-    storage = optuna.storages.RDBStorage(readonly_url(spec.resolved_optuna_storage()))
+    storage = open_study_storage(spec.resolved_optuna_storage(), readonly=True)
     want = {"finished": "COMPLETE", "pruned": "PRUNED", "diverged": "COMPLETE", "failed": "FAIL"}
     for ste, bits in spec.cells():
         cell = f"{ste}/{bits}"
@@ -146,8 +146,8 @@ def tune_failures(spec: SweepSpec) -> dict[str, int]:
     """{'<phase>-<trial id>': times Tune restarted the trial after a crash}, from each phase's
     newest experiment state: Tune's record, independent of what the tracker logged."""
     out = {}
-    for phase_dir in sorted(p for p in spec.sweep_dir().iterdir() if p.is_dir()):
-        states = sorted(phase_dir.glob("experiment_state-*.json"))
+    for phase_dir in (p for p in spec.sweep_dir().iterdir() if p.is_dir()):  # local or s3://
+        states = sorted(phase_dir.glob("experiment_state-*.json"), key=lambda p: p.name)
         if not states:
             continue
         for trial_json, meta_json in json.loads(states[-1].read_text())["trial_data"]:
@@ -218,7 +218,7 @@ def wait_for_runs(spec: SweepSpec, driver: subprocess.Popen, ready, timeout: flo
         time.sleep(0.5)
         assert driver.poll() is None, driver.communicate()
         uri = spec.resolved_tracking_uri()
-        if uri.startswith("sqlite:") and not (spec.sweep_dir() / "mlflow.db").exists():
+        if uri.startswith("sqlite:") and not (Path(spec.sweep_dir()) / "mlflow.db").exists():
             continue
         try:
             _, _, children = sweep_runs(spec)
@@ -229,10 +229,15 @@ def wait_for_runs(spec: SweepSpec, driver: subprocess.Popen, ready, timeout: flo
     pytest.fail("the sweep never reached the point to inject the fault")
 
 
-def tune_results(phase_dir: Path) -> dict[str, list[dict]]:
-    """Tune's result.json of each trial of a phase (the trial's dir is its Tune trial id)."""
+def tune_results(phase_dir) -> dict[str, list[dict]]:
+    """Tune's result.json of each trial of a phase (the trial's dir is its Tune trial id), in a
+    local folder or an object store."""
+    from stetune.storage import locate
+
     out = {}
-    for f in sorted(phase_dir.glob("*/result.json")):
+    for f in (d / "result.json" for d in locate(phase_dir).iterdir()):
+        if not f.is_file():
+            continue
         rows = []
         for line in f.read_text().splitlines():
             try:

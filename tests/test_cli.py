@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,8 +193,8 @@ def test_verbosity_flags_reach_the_session(command, flags, verbose, tmp_path, mo
     spec = SweepSpec.from_dict({"name": "v", "model": "lenet5", "dataset": "digits",
                                 "cells": {"ste": ["relu"], "bits": [2]}, "storage": str(tmp_path)})
     (tmp_path / "v.yaml").write_text(yaml.safe_dump(spec.to_dict()))
-    spec.sweep_dir().mkdir()
-    (spec.sweep_dir() / "spec.json").write_text(json.dumps(spec.to_dict()))  # an unfinished one
+    Path(spec.sweep_dir()).mkdir()
+    (Path(spec.sweep_dir()) / "spec.json").write_text(json.dumps(spec.to_dict()))  # an unfinished one
     got = []
     monkeypatch.setattr(cli_sweep, "_drive", lambda cmd, s, **kw: got.append(kw["verbose"]) or 0)
     target = [str(tmp_path / "v.yaml")] if command == "sweep" else ["v", "--storage", str(tmp_path)]

@@ -274,7 +274,7 @@ def test_resume_goes_on_for_an_interrupted_sweep_or_a_spec_change(tmp_path, monk
     import stetune.cli_sweep as cli_sweep
 
     spec = _spec(tmp_path)
-    d = spec.sweep_dir()
+    d = Path(spec.sweep_dir())
     d.mkdir(parents=True)
     (d / "spec.json").write_text(json.dumps(spec.to_dict()))
     driven = []

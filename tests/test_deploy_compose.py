@@ -1,7 +1,8 @@
 """The cluster deployment files (docker/): their security and pinning invariants, read from the
 files themselves, and `docker compose config` on the compose file when the compose CLI is here
-(.ci/run installs it). No Docker engine runs here, so no image is built or started: the same
-topology runs without Docker in tests/test_deploy_stack.py."""
+(.ci/run installs it). No Docker engine runs here, so no image is built or started (minio-init's
+script runs against a fake mc): the same topology runs without Docker in
+tests/test_deploy_stack.py."""
 
 from __future__ import annotations
 
@@ -29,8 +30,17 @@ SERVICES = COMPOSE["services"]
 RAY_SERVICES = ("ray-head", "ray-worker", "ray-worker-gpu")
 SECRETS = ("RAY_AUTH_TOKEN", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_DRIVER_PASSWORD",
            "MLFLOW_FLASK_SERVER_SECRET_KEY", "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD",
-           "MLFLOW_S3_ACCESS_KEY", "MLFLOW_S3_SECRET_KEY")
+           "MLFLOW_S3_ACCESS_KEY", "MLFLOW_S3_SECRET_KEY", "RAY_S3_ACCESS_KEY", "RAY_S3_SECRET_KEY")
 ONE_SHOT = ("minio-init",)  # set-up jobs that run to completion; the others run until stopped
+# the submit line the compose file's header documents: the sweeps' storage in MinIO, MLflow as
+# the head sees it
+HEADER = "\n".join(line for line in (DOCKER / "compose.yaml").read_text().splitlines()
+                   if line.startswith("#"))
+SWEEPS_STORAGE = re.search(r"--set storage=(\S+)", HEADER).group(1)
+SWEEPS_TRACKING = re.search(r"--set mlflow\.tracking_uri=(\S+)", HEADER).group(1)
+# MinIO's users: bucket -> the variable prefix of its user's keys (X_ACCESS_KEY, X_SECRET_KEY)
+MINIO_USERS = {urlsplit(SERVICES["mlflow"]["environment"]["MLFLOW_ARTIFACTS_DESTINATION"]).netloc:
+               "MLFLOW_S3", urlsplit(SWEEPS_STORAGE).netloc: "RAY_S3"}
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN")
 VAR = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
 
@@ -125,8 +135,9 @@ def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies():
     # service to depend on each one-shot, or it counts the one-shot's exit as a failure
     assert order["mlflow"] == {"postgres", "minio", "minio-init"}
     assert order["minio-init"] == {"minio"}
-    assert order["ray-head"] == {"mlflow"}  # drivers log to MLflow from the first trial on
-    assert order["ray-worker"] == order["ray-worker-gpu"] == {"ray-head"}
+    # drivers log to MLflow from the first trial on; every Ray node writes to the sweeps' bucket
+    assert order["ray-head"] == {"mlflow", "minio-init"}
+    assert order["ray-worker"] == order["ray-worker-gpu"] == {"ray-head", "minio-init"}
     for name in RAY_SERVICES:
         assert "healthcheck.py" in " ".join(SERVICES[name]["healthcheck"]["test"])
 
@@ -176,8 +187,8 @@ def test_auth_is_on_mlflow_basic_auth_and_ray_token():
     assert "--head" in head and "--dashboard-host=0.0.0.0" in head and "--block" in head
     for name in ("ray-worker", "ray-worker-gpu"):
         assert "--address=ray-head:6379" in SERVICES[name]["command"]
-        # workers never see MLflow or S3 credentials: only the driver on the head logs
-        assert not [k for k in SERVICES[name]["environment"] if k.startswith(("MLFLOW", "AWS"))]
+        # workers never see MLflow credentials: only the driver on the head logs
+        assert not [k for k in SERVICES[name]["environment"] if k.startswith("MLFLOW")]
     gpu = SERVICES["ray-worker-gpu"]
     assert gpu["profiles"] == ["gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
@@ -198,7 +209,9 @@ def test_each_credential_reaches_only_the_services_that_need_it():
                       ("MINIO_ROOT_USER", {"minio", "minio-init"}),
                       ("MINIO_ROOT_PASSWORD", {"minio", "minio-init"}),
                       ("MLFLOW_S3_ACCESS_KEY", {"mlflow", "minio-init"}),
-                      ("MLFLOW_S3_SECRET_KEY", {"mlflow", "minio-init"})):
+                      ("MLFLOW_S3_SECRET_KEY", {"mlflow", "minio-init"}),
+                      ("RAY_S3_ACCESS_KEY", {"minio-init", *RAY_SERVICES}),
+                      ("RAY_S3_SECRET_KEY", {"minio-init", *RAY_SERVICES})):
         got = holders(var)
         assert got == want, f"{var} must reach only {sorted(want)}, but got {got=}"
     # the sweep driver logs as the driver user the mlflow entrypoint creates, not as the admin
@@ -210,6 +223,13 @@ def test_each_credential_reaches_only_the_services_that_need_it():
     # MLflow's S3 keys: the dedicated MinIO user
     assert mlflow["AWS_ACCESS_KEY_ID"].startswith("${MLFLOW_S3_ACCESS_KEY:?"), mlflow
     assert mlflow["AWS_SECRET_ACCESS_KEY"].startswith("${MLFLOW_S3_SECRET_KEY:?"), mlflow
+    # every Ray node's: the Ray user's (pyarrow reads them for the sweeps' storage and Tune's
+    # checkpoints), not MinIO's root or MLflow's user
+    for name in RAY_SERVICES:
+        env = SERVICES[name]["environment"]
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000" and env["AWS_REGION"], name
+        assert env["AWS_ACCESS_KEY_ID"].startswith("${RAY_S3_ACCESS_KEY:?"), name
+        assert env["AWS_SECRET_ACCESS_KEY"].startswith("${RAY_S3_SECRET_KEY:?"), name
     # the mc client pinned to a release of about the same time as the server
     stamp = lambda image: date.fromisoformat(  # noqa: E731
         re.search(r":RELEASE\.(\d{4}-\d\d-\d\d)T", image).group(1))
@@ -217,33 +237,108 @@ def test_each_credential_reaches_only_the_services_that_need_it():
     assert mc.startswith("minio/mc:") and abs((stamp(mc) - stamp(server)).days) <= 90, (mc, server)
 
 
-def test_minio_init_gives_mlflow_a_user_limited_to_the_artifact_bucket():
-    bucket = urlsplit(SERVICES["mlflow"]["environment"]["MLFLOW_ARTIFACTS_DESTINATION"]).netloc
-    init = SERVICES["minio-init"]
-    (mount,) = init["configs"]
-    policy = json.loads(COMPOSE["configs"][mount["source"]]["content"])
+def test_sweep_storage_is_the_object_store_not_a_shared_volume():
+    # the documented submit line: the Ray user's bucket and MLflow as the head sees it (storage
+    # in an object store needs a tracking server)
+    assert SWEEPS_STORAGE.startswith("s3://") and urlsplit(SWEEPS_STORAGE).path.strip("/")
+    assert MINIO_USERS[urlsplit(SWEEPS_STORAGE).netloc] == "RAY_S3"
+    assert SWEEPS_TRACKING == "http://mlflow:5000"
+    # no volume for it: the stores' own data only, and no Ray node mounts anything
+    assert set(COMPOSE["volumes"]) == {"postgres-data", "minio-data"}, COMPOSE["volumes"]
+    for name in RAY_SERVICES:
+        assert not SERVICES[name].get("volumes"), f"services.{name} must mount no volume"
+    for name, svc in SERVICES.items():
+        for volume in svc.get("volumes") or []:
+            assert volume.split(":")[0] in COMPOSE["volumes"], f"services.{name}: {volume}"
+    assert "/data/runs" not in (DOCKER / "Dockerfile").read_text()
+
+
+def policy_of(bucket: str) -> dict[str, set[str]]:
+    """The actions the bucket's policy allows -> their resources."""
+    policy = json.loads(COMPOSE["configs"][f"{bucket}-policy"]["content"])
     allowed = {}
     for st in policy["Statement"]:
         assert st["Effect"] == "Allow" and set(st) == {"Effect", "Action", "Resource"}, st
         for action in st["Action"]:
             assert "*" not in action, f"the policy must name its actions, but got {action=}"
             allowed.setdefault(action, set()).update(st["Resource"])
-    bucket_arn = f"arn:aws:s3:::{bucket}"
-    assert allowed == {"s3:ListBucket": {bucket_arn}, "s3:GetBucketLocation": {bucket_arn},
-                       "s3:GetObject": {f"{bucket_arn}/*"}, "s3:PutObject": {f"{bucket_arn}/*"},
-                       "s3:DeleteObject": {f"{bucket_arn}/*"}}, allowed
+    return allowed
+
+
+def test_minio_init_gives_mlflow_and_ray_each_a_user_limited_to_its_bucket():
+    init = SERVICES["minio-init"]
+    mounts = {m["source"]: m["target"] for m in init["configs"]}
+    assert mounts == {f"{b}-policy": f"/etc/stetune/{b}-policy.json" for b in MINIO_USERS}
+    assert set(COMPOSE["configs"]) == set(mounts)
     script = "\n".join(init["command"])
+    for bucket, user in MINIO_USERS.items():
+        arn = f"arn:aws:s3:::{bucket}"
+        # pyarrow (the sweeps' storage) aborts a multipart upload that failed
+        abort = {"s3:AbortMultipartUpload": {f"{arn}/*"}} if bucket == "stetune-sweeps" else {}
+        assert policy_of(bucket) == {
+            "s3:ListBucket": {arn}, "s3:GetBucketLocation": {arn}, "s3:GetObject": {f"{arn}/*"},
+            "s3:PutObject": {f"{arn}/*"}, "s3:DeleteObject": {f"{arn}/*"}, **abort}, bucket
+        assert f'bucket_user {bucket} "$${user}_ACCESS_KEY" "$${user}_SECRET_KEY"' in script
     # the shell in the container expands the secrets ($$VAR), compose must not ($VAR): that
     # would write them into the container's command line
     assert not re.search(r"\$(\{|[A-Za-z_])", script.replace("$$", "")), \
         f"minio-init's command must escape every variable as $$VAR, but got {script=}"
     assert init["entrypoint"][0] == "/bin/sh" and "-e" in init["entrypoint"][1]
-    for step in (f"mc mb --ignore-existing stack/{bucket}",  # idempotent, every step
-                 f"mc admin policy create stack mlflow-artifacts-rw {mount['target']}",
-                 "| mc admin user add stack",  # the keys on stdin, not in argv
-                 "mc admin policy attach stack mlflow-artifacts-rw --user "
-                 '"$$MLFLOW_S3_ACCESS_KEY"'):
-        assert step in script, step
+
+
+def run_minio_init(tmp_path: Path, attach_fails: bool = False, attached: str = "",
+                   **env) -> tuple[subprocess.CompletedProcess, list[str], str]:
+    """minio-init's command as its container runs it ($$ -> $), against a fake mc that logs its
+    argv and stdin: (the run, mc's argv lines, what mc read on stdin)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    mc = bindir / "mc"
+    mc.write_text('#!/bin/sh\nprintf \'%s\\n\' "$*" >> "$MC_LOG"\ncase "$*" in\n'
+                  '  "admin user add"*) cat >> "$MC_STDIN" ;;\n'
+                  '  "admin policy attach"*) [ -z "$MC_ATTACH_FAILS" ] || exit 1 ;;\n'
+                  '  "admin user info"*) echo "PolicyName: $MC_ATTACHED" ;;\nesac\n')
+    mc.chmod(0o755)
+    log, stdin = tmp_path / "mc.log", tmp_path / "mc.stdin"
+    log.write_text("")  # each run's own
+    stdin.write_text("")
+    secrets = {var: f"{var.lower()}-0123456789abcdef" for var in SECRETS}
+    full = {"PATH": f"{bindir}:{os.environ['PATH']}", "MC_LOG": str(log), "MC_STDIN": str(stdin),
+            "MC_ATTACH_FAILS": "1" if attach_fails else "", "MC_ATTACHED": attached,
+            "MINIO_ROOT_USER": "stetune", **secrets, **env}
+    init = SERVICES["minio-init"]
+    script = "\n".join(init["command"]).replace("$$", "$")
+    r = subprocess.run([*init["entrypoint"], script], env=full, capture_output=True, text=True,
+                       timeout=60)
+    return r, log.read_text().splitlines(), stdin.read_text()
+
+
+def test_minio_init_script_is_idempotent_and_keeps_secrets_out_of_argv(tmp_path):
+    r, calls, stdin = run_minio_init(tmp_path)
+    assert r.returncode == 0, r.stderr
+    keys = {var: f"{var.lower()}-0123456789abcdef" for var in SECRETS}
+    for bucket, user in MINIO_USERS.items():
+        access = keys[f"{user}_ACCESS_KEY"]
+        for call in (f"mb --ignore-existing stack/{bucket}",  # idempotent, every step
+                     f"admin policy create stack {bucket}-rw /etc/stetune/{bucket}-policy.json",
+                     "admin user add stack",  # the keys on stdin, not in argv
+                     f"admin policy attach stack {bucket}-rw --user {access}"):
+            assert call in calls, (call, calls)
+        assert f"{access}\n{keys[f'{user}_SECRET_KEY']}\n" in stdin
+    argv = "\n".join(calls)
+    assert not [var for var, value in keys.items()
+                if value in argv and not var.endswith("_ACCESS_KEY")], argv
+    # an mc that reports an attached policy as an error: fine when the user has it, else fails
+    r, _, _ = run_minio_init(tmp_path, attach_fails=True,
+                             attached=" ".join(f"{b}-rw" for b in MINIO_USERS))
+    assert r.returncode == 0, r.stderr
+    r, _, _ = run_minio_init(tmp_path, attach_fails=True, attached="readwrite")
+    assert r.returncode != 0
+    # one user per service: the same access key would give that user both buckets
+    for same in ({"RAY_S3_ACCESS_KEY": keys["MLFLOW_S3_ACCESS_KEY"]},
+                 {"RAY_S3_ACCESS_KEY": "stetune"}, {"MLFLOW_S3_ACCESS_KEY": "stetune"}):
+        r, calls, _ = run_minio_init(tmp_path, **same)
+        assert r.returncode != 0 and calls == [], (same, calls)
+        assert "must differ" in r.stderr
 
 
 # ---- Dockerfile ------------------------------------------------------------------------------
@@ -397,16 +492,27 @@ def test_kuberay_manifest_runs_the_same_image_with_token_auth():
             assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "stetune-secrets", (name, key)
         assert "RAY_AUTH_TOKEN" in env, name
         assert (name == "head") == ("MLFLOW_TRACKING_PASSWORD" in env), name  # driver only
-        mounts = {m["mountPath"] for m in ray["volumeMounts"]}
-        assert "/data/runs" in mounts, name
+        # the sweeps' storage: every node reaches the object store itself, keys from the Secret
+        assert env["AWS_ENDPOINT_URL"]["value"] and env["AWS_REGION"]["value"], name
+        for var, key in (("AWS_ACCESS_KEY_ID", "RAY_S3_ACCESS_KEY"),
+                         ("AWS_SECRET_ACCESS_KEY", "RAY_S3_SECRET_KEY")):
+            assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "stetune-secrets",
+                                                             "key": key}, (name, var)
+        # no shared volume: only the in-memory /dev/shm
+        assert [m["mountPath"] for m in ray["volumeMounts"]] == ["/dev/shm"], name
+        assert [set(v) - {"name"} for v in pod["volumes"]] == [{"emptyDir"}], name
     assert flavors == {"cpu", "gpu"}
     kust = yaml.safe_load((DOCKER / "kuberay" / "kustomization.yaml").read_text())
     for res in kust["resources"]:
         assert (DOCKER / "kuberay" / res).is_file(), res
+        kinds = {d["kind"] for d in yaml.safe_load_all((DOCKER / "kuberay" / res).read_text()) if d}
+        assert "PersistentVolumeClaim" not in kinds, res
+    assert not list((DOCKER / "kuberay").glob("storage*.yaml"))
     (gen,) = kust["secretGenerator"]
     assert gen["name"] == "stetune-secrets" and gen["envs"] == ["secrets.env"]
     example = (DOCKER / "kuberay" / "secrets.env.example").read_text()
-    for key in ("RAY_AUTH_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+    for key in ("RAY_AUTH_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                "RAY_S3_ACCESS_KEY", "RAY_S3_SECRET_KEY"):
         assert re.search(rf"^{key}=$", example, re.M), key
     assert [i["name"] for i in kust["images"]] == ["stetune-ray"]
 
@@ -477,11 +583,22 @@ def test_compose_config_accepts_the_stack_and_binds_loopback(tmp_path):
         "stetune", "0123456789abcdef" * 2 + "mlflow_driver_password")
     assert (mlflow["AWS_ACCESS_KEY_ID"], mlflow["AWS_SECRET_ACCESS_KEY"]) == (
         envs["minio-init"]["MLFLOW_S3_ACCESS_KEY"], envs["minio-init"]["MLFLOW_S3_SECRET_KEY"])
+    # every Ray node: the Ray user's S3 keys (minio-init's RAY_S3_*), not MLflow's or the root's
+    for name in RAY_SERVICES:
+        env = envs[name]
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000", name
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+            envs["minio-init"]["RAY_S3_ACCESS_KEY"], envs["minio-init"]["RAY_S3_SECRET_KEY"]), name
+        assert not cfg["services"][name].get("volumes"), name
     for var, where in (("MLFLOW_ADMIN_PASSWORD", {"mlflow"}),
-                       ("MINIO_ROOT_PASSWORD", {"minio", "minio-init"})):
+                       ("MINIO_ROOT_PASSWORD", {"minio", "minio-init"}),
+                       ("MLFLOW_S3_SECRET_KEY", {"mlflow", "minio-init"}),
+                       ("RAY_S3_SECRET_KEY", {"minio-init", *RAY_SERVICES})):
         value = "0123456789abcdef" * 2 + var.lower()
         assert {n for n, e in envs.items() if value in e.values()} == where, var
-    assert json.loads(cfg["configs"]["mlflow-artifacts-policy"]["content"])["Statement"]
+    assert set(cfg["volumes"]) == {"postgres-data", "minio-data"}, cfg["volumes"]
+    for bucket in MINIO_USERS:
+        assert json.loads(cfg["configs"][f"{bucket}-policy"]["content"])["Statement"]
     gpu = cfg["services"]["ray-worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["count"] == 1 and gpu["capabilities"] == ["gpu"]
     # the documented opt-out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -56,7 +57,7 @@ def test_every_trial_failing_is_a_failed_command_naming_them(tmp_path):
     assert "failed" in header.split() and "finished" in header.split()
     row = next(ln for ln in out.splitlines() if ln.startswith("broken/2")).split()
     assert row[1:6] == ["1", "0", "0", "0", "1"]  # trials, finished, pruned, diverged, failed
-    state = json.loads((spec.sweep_dir() / "sweep.json").read_text())
+    state = json.loads((Path(spec.sweep_dir()) / "sweep.json").read_text())
     assert set(state["failed"]) == {"search"} and len(state["failed"]["search"]) == 2
     _, parents, children = sweep_runs(spec)
     assert parents[0].info.status == "FINISHED"  # the sweep did its budget; its trials failed
@@ -75,8 +76,8 @@ def test_a_missing_dataset_is_one_line_before_anything_starts(tmp_path):
     assert err.strip().splitlines() == [err.strip().splitlines()[-1]], err  # one line, no more
     assert err.startswith("stetune sweep: error: dataset 'fashion-mnist' not found") \
         and err.strip().endswith("nothing was started"), err
-    assert not (spec.sweep_dir() / "sweep.json").exists()
-    assert not (spec.sweep_dir() / "mlflow.db").exists()  # no MLflow store, no run
+    assert not (Path(spec.sweep_dir()) / "sweep.json").exists()
+    assert not (Path(spec.sweep_dir()) / "mlflow.db").exists()  # no MLflow store, no run
 
 
 def test_resume_refuses_a_changed_spec_and_unrestorable_tune_state(tmp_path):
@@ -103,16 +104,16 @@ def test_resume_refuses_a_changed_spec_and_unrestorable_tune_state(tmp_path):
     assert parents[0].data.params["train.epochs"] == "2"  # params keep the first values
     assert {"spec.yaml", "spec.resume1.yaml"} <= {a.path for a in client.list_artifacts(run_id)}
     # as if the driver had died mid-search with its Tune state damaged
-    state_file = spec.sweep_dir() / "sweep.json"
+    state_file = Path(spec.sweep_dir()) / "sweep.json"
     state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({k: v for k, v in state.items() if k not in ("search", "summary")}))
-    for f in (spec.sweep_dir() / "search").glob("*.pkl"):
+    for f in (Path(spec.sweep_dir()) / "search").glob("*.pkl"):
         f.write_bytes(f.read_bytes()[:10])
     rc, out, err = _run("resume", "trunc", "--storage", str(tmp_path), "--set", "train.epochs=1",
                         "--allow-spec-change", "--quiet")
     assert rc == 1, err[-3000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"stetune resume: error: {spec.sweep_dir() / 'search'}: Tune's "
+    assert last.startswith(f"stetune resume: error: {Path(spec.sweep_dir()) / 'search'}: Tune's "
                            "experiment state") and "delete" in last and "Traceback" not in err
     _, parents, after = sweep_runs(spec)
     assert {c.info.run_id for c in after} == {c.info.run_id for c in before}  # nothing deleted
@@ -121,7 +122,7 @@ def test_resume_refuses_a_changed_spec_and_unrestorable_tune_state(tmp_path):
     # its saved spec or state damaged: one line naming the file, which is left as it was
     for name, why in (("spec.json", "cannot be read as the sweep's saved spec"),
                       ("sweep.json", "is not the sweep's state")):
-        f = spec.sweep_dir() / name
+        f = Path(spec.sweep_dir()) / name
         good = f.read_bytes()
         f.write_bytes(b"\x00garbage{")
         rc, out, err = _run("resume", "trunc", "--storage", str(tmp_path), "--quiet")
@@ -132,7 +133,7 @@ def test_resume_refuses_a_changed_spec_and_unrestorable_tune_state(tmp_path):
         f.write_bytes(good)
 
     # its MLflow store emptied, damaged or gone: refused in one line, the file left as it was
-    db = spec.sweep_dir() / "mlflow.db"
+    db = Path(spec.sweep_dir()) / "mlflow.db"
     for content, why in ((b"", "the file is empty"), (b"garbage" * 300, "not an MLflow store"),
                          (None, "the file does not exist")):
         db.unlink(missing_ok=True)
@@ -185,7 +186,7 @@ def test_a_down_mlflow_server_fails_fast_and_leaves_nothing(tmp_path):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("stetune sweep: error: the MLflow server "
                                                    "http://127.0.0.1:"), err  # no credentials
-    assert "s3cret" not in out + err and not spec.sweep_dir().exists()  # nothing to block a rerun
+    assert "s3cret" not in out + err and not Path(spec.sweep_dir()).exists()  # nothing to block a rerun
 
 
 def test_an_unreachable_ray_cluster_fails_fast_and_leaves_nothing(tmp_path):
@@ -201,4 +202,4 @@ def test_an_unreachable_ray_cluster_fails_fast_and_leaves_nothing(tmp_path):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("stetune sweep: error: the Ray cluster at "
                                                    "127.0.0.1:") and "nothing was created" in err
-    assert not spec.sweep_dir().exists()
+    assert not Path(spec.sweep_dir()).exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,7 @@ def _interrupt(spec, driver, sig, phase: str) -> None:
     assert lines and lines[-1].startswith(f"stetune sweep: interrupted by {signal.Signals(sig).name} "
                                           f"during the {phase} phase"), err[-3000:]
     assert f"stetune resume {spec.name}" in lines[-1] and "Traceback" not in err
-    state = json.loads((spec.sweep_dir() / "sweep.json").read_text())
+    state = json.loads((Path(spec.sweep_dir()) / "sweep.json").read_text())
     assert state["interrupted"] == {"phase": phase, "signal": signal.Signals(sig).name}
     assert phase not in state  # the phase is not recorded as done
     _, parents, children = sweep_runs(spec)
@@ -46,12 +47,12 @@ def _resume(spec) -> None:
     finally:
         stop_session(resumed)
     assert resumed.returncode == 0, err[-4000:]
-    state = json.loads((spec.sweep_dir() / "sweep.json").read_text())
+    state = json.loads((Path(spec.sweep_dir()) / "sweep.json").read_text())
     assert "interrupted" not in state and {"search", "replicate"} <= set(state)
     # the stop let the running trials checkpoint first: in Tune's own record of their results
     # (the tracker's dedup aside) no epoch was trained twice
     for phase in ("search", "replicate"):
-        for trial, rows in tune_results(spec.sweep_dir() / phase).items():
+        for trial, rows in tune_results(Path(spec.sweep_dir()) / phase).items():
             epochs = [r["epoch"] for r in rows if "epoch" in r]
             assert epochs == sorted(set(epochs)), (phase, trial, epochs)
 
@@ -73,7 +74,7 @@ def test_sigterm_during_search_then_resume(tmp_path):
     # metrics reach MLflow in batches, seconds later)
     wait_for_runs(spec, driver, lambda cs: any(c.info.status == "RUNNING" for c in cs))
     _interrupt(spec, driver, signal.SIGTERM, "search")
-    assert not (spec.sweep_dir() / "driver.lock").exists()
+    assert not (Path(spec.sweep_dir()) / "driver.lock").exists()
     from stetune.analysis import load_sweep
 
     with pytest.warns(UserWarning, match="ended KILLED .* `stetune resume term` completes it"):

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -52,7 +53,7 @@ def _resume(spec, may_refuse: bool = False) -> None:
         assert "RUNNING" not in {r.info.status for r in [*parents, *children]}
         return
     assert rc == 0, err[-4000:]
-    state = json.loads((spec.sweep_dir() / "sweep.json").read_text())
+    state = json.loads((Path(spec.sweep_dir()) / "sweep.json").read_text())
     assert {"search", "replicate"} <= set(state) and "failed" not in state
     # retries allowed: a trial that failed writing its checkpoint to the full disk is retried
     check_one_run_per_trial(spec, n_search=2, n_replicate=1, statuses=("finished",), retries=True)
@@ -109,7 +110,7 @@ def test_a_full_disk_mid_sweep_says_so_and_resume_completes(tmp_path):
         last = err.strip().splitlines()[-1]
         assert last.startswith("stetune sweep: error: disk full (") and \
             f"run `stetune resume full --storage {disk}`" in last, last
-        assert not list(spec.sweep_dir().glob("*.tmp")), "a half-written file was left behind"
+        assert not list(Path(spec.sweep_dir()).glob("*.tmp")), "a half-written file was left behind"
         (disk / "filler").unlink()
         _resume(spec, may_refuse=True)
     finally:
@@ -136,6 +137,6 @@ def test_an_mlflow_server_dying_mid_sweep_fails_fast_then_resume_completes(tmp_p
                            f"mid-sweep") and "run `stetune resume dead" in last, last
     assert "its MLflow runs stay RUNNING until `stetune resume` ends them" in last
     assert took < 120, f"a dead server took {took:.0f} s to notice (MLflow's retries bounded?)"
-    json.loads((spec.sweep_dir() / "sweep.json").read_text())  # intact
+    json.loads((Path(spec.sweep_dir()) / "sweep.json").read_text())  # intact
     with running_mlflow_server(srv, port):  # back, on the same store
         _resume(spec)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,7 +99,7 @@ def test_sweep_logs_to_a_real_mlflow_server(tmp_path, local_ray, mlflow_server, 
     spec = without_credentials(spec)  # such a URI is no URL for requests either
     assert spec.mlflow.tracking_uri == url
     check_one_run_per_trial(spec, n_search=3, n_replicate=0)
-    leaks = [str(f) for f in spec.sweep_dir().rglob("*") if f.is_file()
+    leaks = [str(f) for f in Path(spec.sweep_dir()).rglob("*") if f.is_file()
              and "s3:cr" in f.read_bytes().decode("latin1")]
     assert not leaks, leaks  # spec.json, sweep.json, Tune's experiment and trial state
     client, parents, children = sweep_runs(spec)

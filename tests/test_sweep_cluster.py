@@ -144,7 +144,7 @@ def test_trials_run_on_both_nodes(tmp_path, cluster):
     # Tune saw the same placement: every result of a trial came from the node MLflow names
     by_id = {ch.data.tags["stetune.trial_id"]: ch for ch in children}
     for phase in ("search", "replicate"):
-        for trial_id, rows in tune_results(spec.sweep_dir() / phase).items():
+        for trial_id, rows in tune_results(Path(spec.sweep_dir()) / phase).items():
             assert {r["node_id"] for r in rows} == {by_id[f"{phase}-{trial_id}"].data.tags["stetune.node"]}
 
 
@@ -156,7 +156,7 @@ def test_worker_node_killed_mid_sweep_trials_resume_and_log_once(tmp_path, clust
         "replicates.seeds=[]", f"train.epochs={epochs}", "train.batch_size=8", "asha.enabled=false",
         "max_failures=3", "resources.checkpoint_s=0"])  # a checkpoint every epoch: resume from it
     log = tmp_path / "driver.log"
-    search_dir = spec.sweep_dir() / "search"
+    search_dir = Path(spec.sweep_dir()) / "search"
     with sweep_driver(path, c.address, log) as driver:
         # wait for a trial on the worker that has checkpointed an epoch and has epochs left, then
         # kill the worker node without notice (SIGKILL: no draining); a fresh node takes its place

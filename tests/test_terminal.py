@@ -77,7 +77,7 @@ def test_runs_read_well_and_the_parent_says_what_the_sweep_found(swept):
 
 def test_analyze_adds_optunas_views_per_cell_and_reads_only(swept, tmp_path):
     spec, _, _ = swept
-    db = spec.sweep_dir() / "optuna.db"
+    db = Path(spec.sweep_dir()) / "optuna.db"
     before = hashlib.sha256(db.read_bytes()).hexdigest()
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "stetune.cli", "analyze", spec.name,
@@ -89,12 +89,12 @@ def test_analyze_adds_optunas_views_per_cell_and_reads_only(swept, tmp_path):
     assert "## Search (Optuna)" in report and f"optuna-dashboard sqlite:///{db}" in report
     import optuna
 
-    from stetune.studies import readonly_url
+    from stetune.journal import open_study_storage
 
     views = set()
     for cell in ("relu/1", "relu/4"):  # two tuned parameters: all three views, given 2 trials
-        study = optuna.load_study(study_name=f"look/{cell}",
-                                  storage=readonly_url(spec.resolved_optuna_storage()))
+        study = optuna.load_study(study_name=f"look/{cell}", storage=open_study_storage(
+            spec.resolved_optuna_storage(), readonly=True))
         complete = sum(t.state.name == "COMPLETE" for t in study.trials)
         stem = cell.replace("/", "-")
         for what in ("history", "importance", "parallel"):

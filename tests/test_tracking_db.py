@@ -62,10 +62,10 @@ def test_a_sweep_into_postgresql_keeps_the_password_out_of_everything(tmp_path):
         assert proc.returncode == 0, proc.stderr[-4000:]
         secrets = (pg["password"], quoted)
         assert not [s for s in secrets if s in proc.stdout + proc.stderr]
-        leaks = [str(f) for f in spec.sweep_dir().rglob("*") if f.is_file()
+        leaks = [str(f) for f in Path(spec.sweep_dir()).rglob("*") if f.is_file()
                  and any(s in f.read_bytes().decode("latin1") for s in secrets)]
         assert not leaks, leaks  # spec.json, sweep.json, Tune's experiment and trial state
-        saved = json.loads((spec.sweep_dir() / "spec.json").read_text())
+        saved = json.loads((Path(spec.sweep_dir()) / "spec.json").read_text())
         assert saved["mlflow"]["tracking_uri"] == f"postgresql+psycopg2://{pg['user']}@{where}"
         assert "PGPASSWORD" not in os.environ
         children = check_one_run_per_trial(spec, n_search=1, n_replicate=1,

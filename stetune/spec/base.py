@@ -5,10 +5,10 @@ spec class subclasses Placement, sets `kind`, and declares its own fields with `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 from ..naming import default_tracking_uri
+from ..storage import Location, is_object_store, locate
 from .errors import SpecError
 from .fields import Section, Str, dump, fld, parse, spec_fields
 
@@ -48,15 +48,24 @@ class Placement:
     name: str = fld(NAME, "[A-Za-z0-9_.-]+: the sweep directory and the MLflow experiment",
                     example="name: my-sweep")
     storage: str = fld(Str(), "sweep directory root (Ray Tune results, checkpoints, the default "
-                       "MLflow store), relative to the cwd", default="runs", tail=True)
+                       "MLflow store), relative to the cwd, or an object store: s3://bucket/"
+                       "prefix, gs://bucket/prefix (no shared disk needed)", default="runs",
+                       tail=True)
     mlflow: Mlflow = fld(Section(Mlflow), "MLflow tracking store and experiment",
                          default=Mlflow(), tail=True)
 
-    def sweep_dir(self) -> Path:
-        return Path(self.storage).expanduser().resolve() / self.name
+    def __post_init__(self):
+        # a sqlite file cannot live in an object store: the runs need a server (or a database)
+        if is_object_store(self.storage) and self.mlflow.tracking_uri is None:
+            raise SpecError(f"mlflow.tracking_uri must be set when storage is an object store (a "
+                            f"sqlite store cannot live there; e.g. http://mlflow:5000), but got "
+                            f"mlflow.tracking_uri=None with storage={self.storage!r}")
+
+    def sweep_dir(self) -> Location:
+        return locate(self.storage) / self.name
 
     def resolved_tracking_uri(self) -> str:
-        return self.mlflow.tracking_uri or default_tracking_uri(self.sweep_dir())
+        return self.mlflow.tracking_uri or default_tracking_uri(self.sweep_dir().path)
 
     def resolved_experiment(self) -> str:
         return self.mlflow.experiment or self.name

@@ -145,6 +145,7 @@ class SweepSpec(Placement):
                     "search is reproducible", default=0)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.budget.trials_per_cell is None:  # absent: what the search needs (Budget)
             if not self.search:
                 n = 1
@@ -162,8 +163,10 @@ class SweepSpec(Placement):
 
     def resolved_optuna_storage(self) -> str:
         """Where each cell's Optuna study lives: search.storage, else sqlite beside the sweep's
-        state."""
-        return self.search.storage or f"sqlite:///{self.sweep_dir() / 'optuna.db'}"
+        state, or Optuna's journal in the sweep's object store (journal.py)."""
+        where = self.sweep_dir()
+        return self.search.storage or (f"sqlite:///{where / 'optuna.db'}" if where.local
+                                       else str(where / "optuna"))
 
     def to_dict(self) -> dict:
         """Placement's, with search's method and storage kept (a dict dump drops them)."""

@@ -22,6 +22,7 @@ from ray.tune.error import TuneError
 from ray.tune.logger import JsonLoggerCallback
 
 from ..checkpoint import CHECKPOINT_FILE
+from ..storage import Location
 from ..tracking import STORE_ERRORS
 from .callbacks import SchedulerState, TrackingCallback
 from .stopping import SaveBeforeStop
@@ -161,7 +162,7 @@ def run_phase(session, phase: Phase) -> list[Outcome]:
                 num_samples=phase.num_samples, max_concurrent_trials=spec.max_concurrent,
                 trial_dirname_creator=trial_dirname, reuse_actors=REUSE_ACTORS),
             run_config=tune.RunConfig(
-                name=phase.name, storage_path=str(spec.sweep_dir()), callbacks=callbacks,
+                name=phase.name, callbacks=callbacks, **_tune_storage(spec.sweep_dir()),
                 verbose=1 if session.verbose >= 2 else 0,  # Ray's tables: -v
                 failure_config=tune.FailureConfig(max_failures=phase.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
@@ -238,16 +239,27 @@ def _first_line(error: BaseException | None) -> str:
     return (lines[-1] if lines else type(error).__name__)[:200]  # Ray puts the cause last
 
 
-def _restore(path: Path, trainable, name: str):
+def _tune_storage(where: Location) -> dict:
+    """Tune's storage arguments: a local folder as a path; an object store as its pyarrow
+    filesystem (the one whose endpoint and credentials the AWS variables gave) and a path in it.
+    Trials then upload their checkpoints there themselves: no disk is shared."""
+    if where.local:
+        return {"storage_path": where.path}
+    return {"storage_path": where.path, "storage_filesystem": where.fs}
+
+
+def _restore(path: Location, trainable, name: str):
     """The interrupted phase's Tuner, or a one-line SweepStateError: never a silent restart."""
     again = f"delete {path} to run the {name} phase again from its start"
-    if not tune.Tuner.can_restore(str(path)):
+    fs = _tune_storage(path)
+    if not tune.Tuner.can_restore(path.path, fs.get("storage_filesystem")):
         raise SweepStateError(f"{path}: Tune's experiment state is missing or unreadable, so the "
                               f"{name} phase cannot continue where it stopped; {again}")
     try:
         # the restored callbacks are unpickled copies: they find the driver's tracker by name
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True)
+        return tune.Tuner.restore(path.path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True,
+                                  storage_filesystem=fs.get("storage_filesystem"))
     except Exception as e:  # unpickling: another stetune version's state, or a damaged file
         raise SweepStateError(f"{path}: Tune's experiment state cannot be restored "
                               f"({type(e).__name__}: {_first_line(e)}), e.g. it was written by "
@@ -285,7 +297,7 @@ def _fit_unwrapped(tuner):
         raise
 
 
-def run_one(session, phase: Phase, dest: Path, what: str) -> Outcome:
+def run_one(session, phase: Phase, dest: Location, what: str) -> Outcome:
     """A one-trial phase (a float pre-training, a repulsion start) whose final checkpoint file is
     copied to `dest`; anything but a finished trial is an error naming `what`."""
     out = run_phase(session, phase)[0]

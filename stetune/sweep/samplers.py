@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import optuna
 
+from ..journal import open_study_storage
 from ..spec.search import METHODS
 
 __all__ = ["make_sampler", "open_storage", "study_name", "METHODS", "CellGridSampler",
@@ -55,8 +56,9 @@ def study_name(sweep: str, cell: str) -> str:
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An RDB storage (sqlite beside the sweep's state by default, any SQLAlchemy URL on a
-    cluster): written by the driver only, read by optuna-dashboard and `stetune analyze`."""
-    return optuna.storages.RDBStorage(url)
+    cluster) or the journal in the sweep's object store: written by the driver only, read by
+    optuna-dashboard and `stetune analyze`."""
+    return open_study_storage(url)
 
 
 def check_new_studies(url: str, names: list[str]) -> None:

@@ -12,12 +12,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import ray
 
 from ..naming import gist, redact
+from ..storage import Location
 from ..store import (StoreUnusable, TrackingUnreachable, bound_client_retries, check_server,
                      check_sqlite_store)
 from ..tracking import SweepTracker
@@ -36,18 +36,13 @@ _CHATTY = ("mlflow", "alembic", "optuna", "ray", "ray.tune",
 _TRACEBACKS = ("ray.tune.execution.tune_controller", "ray.tune.tune")
 
 
-def state_path(spec) -> Path:
+def state_path(spec) -> Location:
     return spec.sweep_dir() / "sweep.json"
 
 
 def save_state(spec, state: dict) -> None:
-    path = state_path(spec)
-    tmp = path.with_suffix(".tmp")
-    try:
-        tmp.write_text(json.dumps(state, indent=2, default=str))
-        tmp.replace(path)  # atomic: a killed driver leaves the previous state, never half of one
-    finally:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave a half-written sweep.tmp
+    # atomic: a killed driver leaves the previous state, never half of one
+    state_path(spec).write_text(json.dumps(state, indent=2, default=str))
 
 
 @dataclass
@@ -146,13 +141,16 @@ def _sweep_session(spec, kind: SweepKind, *, address: str | None, resume: bool,
     check_cluster(address)
     lock = DriverLock(root, spec.name)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir()
         lock.acquire()  # before anything is read or written: one driver per sweep
     except SweepLocked:
         raise
-    except OSError as e:  # a file where a folder must be, a read-only mount, no permission
+    except OSError as e:  # a file where a folder must be, a read-only mount, no permission,
+        # a bucket that does not exist or refuses these credentials
+        what = ("a writable directory" if root.local else "a bucket these credentials can write "
+                "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)")
         raise StorageError(f"storage {spec.storage!r} cannot hold the sweep: {gist(e)}; set "
-                           f"storage to a writable directory") from None
+                           f"storage to {what}") from None
     try:
         if path.exists() and not resume:
             how = (f"use `stetune resume {spec.name}` or another name" if kind.resumable
@@ -166,7 +164,7 @@ def _sweep_session(spec, kind: SweepKind, *, address: str | None, resume: bool,
 
 
 @contextmanager
-def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int,
+def _run(spec, kind, root: Location, path: Location, address, resume: bool, verbose: int,
          allow_spec_change: bool):
     state = _read_state(path) if path.exists() else {}
     uri, experiment = spec.resolved_tracking_uri(), spec.resolved_experiment()
@@ -202,7 +200,7 @@ def _run(spec, kind, root: Path, path: Path, address, resume: bool, verbose: int
         yield session
         # the wrap-up is still the sweep's: a signal here ends it KILLED too (resume redoes it)
         session.save()
-        tracker.log_artifact(str(path))
+        tracker.log_text(path.read_text(), "sweep.json")
         text = kind.summary(spec, state)
         tracker.describe(f"Sweep `{spec.name}` ({kind.name}): {kind.description}.\n\n```\n{text}\n```",
                          kind.headline(spec, state) if kind.headline else None)
@@ -305,7 +303,7 @@ def _init_ray(address: str | None, verbose: int) -> None:
                                  f"start one (ray start --head) or fix --address") from None
 
 
-def _read_state(path: Path) -> dict:
+def _read_state(path: Location) -> dict:
     try:
         state = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:

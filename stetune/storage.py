@@ -1,0 +1,202 @@
+"""Where a sweep's files live: a local folder or an object store (`s3://bucket/prefix`,
+`gs://bucket/prefix`), reached through one pyarrow filesystem, the one Ray Tune uses for trial
+checkpoints. An object store needs no disk shared between hosts. S3's endpoint and credentials
+come from the standard AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), so MinIO and
+other S3-compatible stores work; GCS's from Google's default credentials.
+
+`Location` is the small part of pathlib the driver, `list`, `show` and `analyze` use, on either."""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import functools
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+__all__ = ["Location", "locate", "is_object_store", "OBJECT_SCHEMES", "StorageUnreachable"]
+
+OBJECT_SCHEMES = ("s3", "gs", "gcs")  # what pyarrow.fs reaches without a mount
+
+
+def is_object_store(uri: str | os.PathLike | None) -> bool:
+    return isinstance(uri, str) and uri.split("://", 1)[0].lower() in OBJECT_SCHEMES \
+        and "://" in uri
+
+
+class StorageUnreachable(OSError):
+    """An object store that does not answer or refuses (endpoint, credentials, bucket)."""
+
+
+@contextlib.contextmanager
+def _said(where: Location, doing: str):
+    """pyarrow's errors from an object store, as one line naming the URI and what to check."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if where.local or isinstance(e, StorageUnreachable):
+            raise
+        why = " ".join(str(e).split())[:240]
+        raise StorageUnreachable(f"{doing} {where.uri} failed ({why}); check the bucket and "
+                                 f"AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+                                 f"(gs://: GOOGLE_APPLICATION_CREDENTIALS)") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(scheme: str, bucket: str, endpoint: str | None) -> pafs.FileSystem:
+    # one per bucket and endpoint: from_uri asks S3 for the bucket's region (a request)
+    del endpoint  # in the key only: pyarrow reads AWS_ENDPOINT_URL itself
+    fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
+    return fs
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file or folder on a local disk or in an object store; `/` joins like pathlib."""
+    fs: pafs.FileSystem
+    path: str          # the filesystem's own path: /abs/dir locally, bucket/prefix in a store
+    scheme: str = ""   # "" on the local disk
+
+    # -- names -------------------------------------------------------------------------------
+    @property
+    def local(self) -> bool:
+        return not self.scheme
+
+    @property
+    def uri(self) -> str:
+        return self.path if self.local else f"{self.scheme}://{self.path}"
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __fspath__(self) -> str:  # open(), Path(), shutil on a local Location
+        if not self.local:
+            raise TypeError(f"{self.uri} is in an object store, not a local path")
+        return self.path
+
+    def __truediv__(self, name: str) -> Location:
+        return Location(self.fs, posixpath.join(self.path, str(name)), self.scheme)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path.rstrip("/"))
+
+    @property
+    def parent(self) -> Location:
+        return Location(self.fs, posixpath.dirname(self.path.rstrip("/")), self.scheme)
+
+    def with_suffix(self, suffix: str) -> Location:
+        stem, _ = posixpath.splitext(self.path)
+        return Location(self.fs, stem + suffix, self.scheme)
+
+    # -- reading -----------------------------------------------------------------------------
+    def _info(self) -> pafs.FileInfo:
+        with _said(self, "reading"):
+            return self.fs.get_file_info(self.path)
+
+    def exists(self) -> bool:
+        return self._info().type != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self._info().type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self._info().type == pafs.FileType.Directory
+
+    def mtime(self) -> float:
+        """Seconds since the epoch of the last write (object stores: to the second)."""
+        info = self._info()
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(self.uri)
+        return info.mtime.timestamp() if info.mtime is not None else 0.0
+
+    def read_bytes(self) -> bytes:
+        try:
+            with _said(self, "reading"), self.fs.open_input_stream(self.path) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise
+        except OSError as e:  # pyarrow says "Path does not exist" in words, without an errno
+            if "does not exist" in str(e) or "NoSuchKey" in str(e) or not self.exists():
+                raise FileNotFoundError(f"{self.uri}: no such file") from None
+            raise
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def iterdir(self) -> list[Location]:
+        if not self.is_dir():
+            return []
+        with _said(self, "listing"):
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        return sorted((Location(self.fs, i.path, self.scheme) for i in infos),
+                      key=lambda loc: loc.path)
+
+    def glob(self, pattern: str) -> list[Location]:
+        """This folder's entries whose name matches `pattern` (fnmatch; not recursive)."""
+        return [p for p in self.iterdir() if fnmatch.fnmatch(p.name, pattern)]
+
+    # -- writing -----------------------------------------------------------------------------
+    def mkdir(self) -> None:
+        """Make the folder and its parents (an object store has none to make: only checked to
+        be reachable, so a wrong bucket or credentials fail here, before anything runs)."""
+        if self.local:
+            Path(self.path).mkdir(parents=True, exist_ok=True)
+        else:
+            self.parent._info()
+
+    def write_bytes(self, data: bytes) -> None:
+        """Atomic: a reader sees the old content or the new, never half (a local file is written
+        beside and renamed; an object store's PUT replaces the object whole)."""
+        if not self.local:
+            with _said(self, "writing"), self.fs.open_output_stream(self.path) as f:
+                f.write(data)
+            return
+        path = Path(self.path)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a full disk must not leave a half-written .tmp behind
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        try:
+            with _said(self, "deleting"):
+                self.fs.delete_file(self.path)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+        except OSError:
+            if not missing_ok or self.exists():
+                raise
+
+    def upload(self, folder: Path) -> None:
+        """A local folder's files, copied under this location."""
+        with _said(self, "writing"):
+            pafs.copy_files(str(folder), self.path, destination_filesystem=self.fs)
+
+
+def locate(where: str | os.PathLike | Location) -> Location:
+    """A local path (made absolute, `~` expanded) or an object-store URI as a Location."""
+    if isinstance(where, Location):
+        return where
+    if not is_object_store(where):
+        return Location(pafs.LocalFileSystem(), str(Path(where).expanduser().resolve()))
+    scheme, rest = str(where).split("://", 1)
+    scheme = scheme.lower()
+    bucket = rest.split("/", 1)[0]
+    if not bucket:
+        raise ValueError(f"an object-store URI must name a bucket ({scheme}://BUCKET/prefix), "
+                         f"but got {where!r}")
+    fs = _filesystem(scheme, bucket, os.environ.get("AWS_ENDPOINT_URL") if scheme == "s3" else None)
+    return Location(fs, rest.rstrip("/"), "gs" if scheme == "gcs" else scheme)

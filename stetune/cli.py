@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except StorageUnreachable as e:  # list, show, analyze ... on an object store that fails
-        print(f"stetune {args.command}: error: {e}", file=sys.stderr)
+        print(f"stetune {args.command}: error: {e}; {e.hint}", file=sys.stderr)
         return 1
 
 

@@ -172,6 +172,7 @@ def _fail(command: str, e: BaseException, code: int, text: str | None = None) ->
 def _fault(spec, e: BaseException) -> str:
     """What failed under the sweep (the disk, the MLflow store) and how to go on, on one line."""
     from .naming import gist, redact
+    from .storage import StorageUnreachable
     from .store import TrackingUnreachable, check_server
     from .sweep.kinds import get_kind
 
@@ -182,6 +183,8 @@ def _fault(spec, e: BaseException) -> str:
             words in str(e) for words in ("No space left on device", "disk is full")):
         why = "sqlite: database or disk is full" if "disk is full" in str(e) else gist(e)
         return f"disk full ({why}); free space, then {go_on}"
+    if isinstance(e, StorageUnreachable):  # says the URI and what to check, in one line
+        return f"{e}; {e.hint}; once it answers, {go_on}"
     if isinstance(e, OSError):
         return f"{gist(e)}; fix it, then {go_on}"
     uri = spec.resolved_tracking_uri()

@@ -13,12 +13,15 @@ import fnmatch
 import functools
 import os
 import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-__all__ = ["Location", "locate", "is_object_store", "OBJECT_SCHEMES", "StorageUnreachable"]
+__all__ = ["Location", "locate", "is_object_store", "OBJECT_SCHEMES", "StorageUnreachable",
+           "failure", "clear_failure"]
 
 OBJECT_SCHEMES = ("s3", "gs", "gcs")  # what pyarrow.fs reaches without a mount
 
@@ -29,12 +32,32 @@ def is_object_store(uri: str | os.PathLike | None) -> bool:
 
 
 class StorageUnreachable(OSError):
-    """An object store that does not answer or refuses (endpoint, credentials, bucket)."""
+    """An object store that does not answer or refuses (endpoint, credentials, bucket); `hint`
+    says what to check."""
+    hint = ("check the bucket and AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+            "(gs://: GOOGLE_APPLICATION_CREDENTIALS)")
+
+
+_FAILED: list[StorageUnreachable] = []  # this process's first failure: the driver stops on it
+
+
+def failure() -> StorageUnreachable | None:
+    """The first object-store request of this process that failed (after pyarrow's retries),
+    since clear_failure(): a driver ends the sweep on it rather than meet every later request
+    timing out too (until then, later requests fail at once with it). Some callers cannot pass
+    an error on (Optuna's tell only warns)."""
+    return _FAILED[0] if _FAILED else None
+
+
+def clear_failure() -> None:
+    _FAILED.clear()
 
 
 @contextlib.contextmanager
 def _said(where: Location, doing: str):
     """pyarrow's errors from an object store, as one line naming the URI and what to check."""
+    if _FAILED and not where.local:  # the driver is ending on it: no request waits out again
+        raise _FAILED[0]
     try:
         yield
     except FileNotFoundError:
@@ -42,18 +65,34 @@ def _said(where: Location, doing: str):
     except OSError as e:
         if where.local or isinstance(e, StorageUnreachable):
             raise
-        why = " ".join(str(e).split())[:240]
-        raise StorageUnreachable(f"{doing} {where.uri} failed ({why}); check the bucket and "
-                                 f"AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
-                                 f"(gs://: GOOGLE_APPLICATION_CREDENTIALS)") from None
+        # pyarrow's text names the key again, then the SDK's error, then curl's details
+        why = re.sub(r"^When [^:]*: ", "", " ".join(str(e).split())).split("; Details")[0]
+        err = StorageUnreachable(f"{doing} {where.uri} failed ({why[:160]})")
+        _FAILED[:] = _FAILED or [err]
+        raise err from None
+
+
+# A store that stops answering (a frozen server, a lost network) fails a request within about
+# CONNECT_S, or REQUEST_S without a byte, times ATTEMPTS: the sweep then ends in one line, where
+# pyarrow's URI defaults left a driver waiting minutes per request
+CONNECT_S, REQUEST_S, ATTEMPTS = 5.0, 10.0, 3
 
 
 @functools.lru_cache(maxsize=16)
 def _filesystem(scheme: str, bucket: str, endpoint: str | None) -> pafs.FileSystem:
-    # one per bucket and endpoint: from_uri asks S3 for the bucket's region (a request)
-    del endpoint  # in the key only: pyarrow reads AWS_ENDPOINT_URL itself
-    fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
-    return fs
+    """One per bucket and endpoint (S3: the bucket's region may take a request to find)."""
+    if scheme != "s3":
+        fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
+        return fs
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    kw = {}
+    if endpoint:  # MinIO and other S3 APIs: the variable AWS's own tools read
+        url = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kw = {"endpoint_override": url.netloc + url.path.rstrip("/"), "scheme": url.scheme}
+    return pafs.S3FileSystem(
+        region=region or ("us-east-1" if endpoint else pafs.resolve_s3_region(bucket)),
+        connect_timeout=CONNECT_S, request_timeout=REQUEST_S,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=ATTEMPTS), **kw)
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,13 @@ def mlflow_server(tmp_path_factory):
 def s3_server(tmp_path_factory):
     """moto's S3 API server on 127.0.0.1 (no real S3 server installs from the registries here);
     yields its endpoint URL."""
-    tmp = tmp_path_factory.mktemp("s3")
+    with running_s3_server(tmp_path_factory.mktemp("s3")) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def running_s3_server(tmp):
+    """moto's S3 API server on a free port of 127.0.0.1; yields (endpoint URL, process)."""
     port = free_port()
     log = open(tmp / "s3.log", "ab")
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"),
@@ -96,8 +102,9 @@ def s3_server(tmp_path_factory):
 
     try:
         wait_for("moto s3 server", up, proc, tmp / "s3.log", timeout=60)
-        yield url
+        yield url, proc
     finally:
+        os.killpg(proc.pid, signal.SIGCONT)  # a test may have stopped it
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         log.close()

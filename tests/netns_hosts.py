@@ -20,10 +20,31 @@ from pathlib import Path
 
 PREFIX = "stt"          # netns names: stt<pid of the test process>-<host>
 SUBNET = "10.213.0"     # hosts .1, .2, ...: private to the bridge, which no other host reaches
-# a host's own disks: /tmp and /dev/shm (Ray's object store) as empty tmpfs; HOME under /tmp
-_BOOT = ("mount -t tmpfs -o mode=1777,size=4g stt-tmp /tmp && "
-         "mount -t tmpfs -o mode=1777,size=2g stt-shm /dev/shm && "
-         "mkdir -p /tmp/home && hostname \"$0\" && exec sleep infinity")
+# a host's own disks: /tmp and /dev/shm (Ray's object store) as empty tmpfs; HOME under /tmp.
+# The code it runs ($@: the checkout and its Python, when they live under /tmp, as in a CI clone)
+# is bound back in, read-only, through a staging tmpfs on /mnt.
+_BOOT = """set -e
+mount -t tmpfs -o size=1m stt-stage /mnt
+i=0; for p in "$@"; do mkdir -p /mnt/k$i; mount --bind "$p" /mnt/k$i; i=$((i+1)); done
+mount -t tmpfs -o mode=1777,size=4g stt-tmp /tmp
+mount -t tmpfs -o mode=1777,size=2g stt-shm /dev/shm
+i=0; for p in "$@"; do
+  mkdir -p "$p"; mount --bind /mnt/k$i "$p"; mount -o remount,bind,ro "$p"; i=$((i+1))
+done
+umount -l /mnt
+mkdir -p /tmp/home
+hostname "$0"
+exec sleep infinity"""
+
+
+def _kept() -> list[str]:
+    """What every host must see of this machine's /tmp: the checkout and the Python running."""
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    paths = sorted({str(Path(p).resolve()) for p in (root, sys.prefix, sys.base_prefix)})
+    under_tmp = [p for p in paths if p == "/tmp" or p.startswith("/tmp/")]
+    return [p for p in under_tmp if not any(p.startswith(q + "/") for q in under_tmp if q != p)]
 
 
 def unavailable() -> str | None:
@@ -63,6 +84,7 @@ class Host:
     def __init__(self, name: str, netns: str, ip: str):
         self.name, self.netns, self.ip = name, netns, ip
         self.holder: subprocess.Popen | None = None
+        self.started: list[subprocess.Popen] = []  # reaped after a crash: no zombies left
         self.mnt: str | None = None
         self.boot()
 
@@ -70,7 +92,7 @@ class Host:
         """Fresh mount and UTS namespaces (empty /tmp) in the host's network namespace."""
         self.holder = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--uts", "--propagation",
-             "private", "sh", "-c", _BOOT, self.name], start_new_session=True,
+             "private", "sh", "-c", _BOOT, self.name, *_kept()], start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while not self._booted():
@@ -93,8 +115,10 @@ class Host:
     def popen(self, argv: list, env: dict, log: Path) -> subprocess.Popen:
         """Start argv on this host, output to `log` (a file of the test's, opened here)."""
         with open(log, "ab") as out:
-            return subprocess.Popen(self._enter(argv), env=env, stdout=out,
+            proc = subprocess.Popen(self._enter(argv), env=env, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.started.append(proc)
+        return proc
 
     def run(self, argv: list, env: dict, timeout: float = 120,
             input: str | None = None) -> subprocess.CompletedProcess:
@@ -116,8 +140,10 @@ class Host:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.1)
-        if self.holder is not None:
-            self.holder.wait(10)
+        for proc in [self.holder, *self.started]:
+            if proc is not None:
+                proc.wait(10)
+        self.started.clear()
 
     def restart(self) -> None:
         """Crash, then boot with empty disks (same address)."""

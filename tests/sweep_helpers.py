@@ -218,7 +218,7 @@ def wait_for_runs(spec: SweepSpec, driver: subprocess.Popen, ready, timeout: flo
         time.sleep(0.5)
         assert driver.poll() is None, driver.communicate()
         uri = spec.resolved_tracking_uri()
-        if uri.startswith("sqlite:") and not (Path(spec.sweep_dir()) / "mlflow.db").exists():
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
             continue
         try:
             _, _, children = sweep_runs(spec)

@@ -165,3 +165,39 @@ def test_a_sweep_survives_a_worker_crash_and_a_new_cluster_with_only_the_object_
     for t, r in results.items():  # Tune's own record: every epoch reached, in order
         epochs = [e for e, _ in r]
         assert epochs[-1] == EPOCHS and set(epochs) == set(range(1, EPOCHS + 1)), (t, epochs)
+
+
+def _machine() -> tuple[str, set[str]]:
+    """This machine's own links and addresses, and every network namespace."""
+    import subprocess
+
+    links = subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True).stdout
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return links, {line.split()[0] for line in netns.splitlines() if line.strip()}
+
+
+def test_the_hosts_are_apart_and_leave_nothing_behind_even_when_the_test_fails(tmp_path):
+    if why := unavailable():
+        pytest.skip(f"separate hosts cannot be made here: {why}")
+    before = _machine()
+    env = base_env(HOME="/tmp/home", PATH="/usr/sbin:/usr/bin:/sbin:/bin")
+    with pytest.raises(RuntimeError, match="the test failed here"):
+        with Network() as net:
+            a, b = net.add("a"), net.add("b")
+            server = a.popen([sys.executable, "-m", "http.server", "8000", "--bind", a.ip], env,
+                             tmp_path / "a.log")
+            fetch = [sys.executable, "-c", f"import urllib.request as u; print(u.urlopen("
+                                           f"'http://{a.ip}:8000/', timeout=5).status)"]
+            deadline = time.monotonic() + 30
+            while (got := b.run(fetch, env)).stdout.strip() != "200":  # over the bridge
+                assert time.monotonic() < deadline and server.poll() is None, got.stderr
+                time.sleep(0.3)
+            a.run(["sh", "-c", "echo a > /tmp/mark"], env)
+            assert "mark" not in b.run(["ls", "/tmp"], env).stdout  # each its own /tmp
+            assert [h.run(["hostname"], env).stdout.strip() for h in (a, b)] == ["a", "b"]
+            assert _machine()[0] == before[0]  # no link or address added to this machine's
+            pids = a.pids() + b.pids()
+            assert server.pid in pids
+            raise RuntimeError("the test failed here")
+    assert _machine() == before  # every namespace, and its links, removed
+    assert not [p for p in pids if Path(f"/proc/{p}").exists()], "a host's process survived"

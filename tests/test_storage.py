@@ -161,6 +161,11 @@ def test_an_object_store_needs_an_mlflow_server_and_keeps_the_studies_beside_the
     with pytest.raises(SpecError, match=r"^mlflow.tracking_uri must be set when storage is an "
                                         rf"object store .* storage='{s3}/team'"):
         small_spec(tmp_path, "objs", [f"storage={s3}/team"])
+    for bad in ("s3://", "s3:///team", "hdfs://nn/team", "file:///tmp/x"):
+        with pytest.raises(SpecError, match=r"^storage must be a local path or an object store "
+                                            rf"\(s3://BUCKET/prefix, gs://BUCKET/prefix\), but "
+                                            rf"got storage='{bad}'$"):
+            small_spec(tmp_path, "objs", [f"storage={bad}"], tracking_uri="http://mlflow:5000")
     spec = small_spec(tmp_path, "objs", [f"storage={s3}/team"], tracking_uri="http://mlflow:5000")
     assert str(spec.sweep_dir()) == f"{s3}/team/objs"
     assert spec.resolved_optuna_storage() == f"{s3}/team/objs/optuna"

@@ -1,5 +1,5 @@
 """The stores under a running sweep failing for real: its disk filling up (a small tmpfs, as
-root) and its MLflow server killed mid-search. Each run ends in one line naming what failed and
+root), its MLflow server killed mid-search, and its object store (moto's S3 server) stalling. Each run ends in one line naming what failed and
 how to go on, leaves sweep.json and Tune's state usable, and `resume` then completes the budget:
 every trial once in MLflow, every epoch once, nothing RUNNING."""
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, running_mlflow_server
+from conftest import free_port, running_mlflow_server, running_s3_server
 from service_helpers import stop_session
 from sweep_helpers import (check_one_run_per_trial, cli, small_spec, sweep_runs, wait_for_runs,
                            write_spec)
@@ -53,7 +53,7 @@ def _resume(spec, may_refuse: bool = False) -> None:
         assert "RUNNING" not in {r.info.status for r in [*parents, *children]}
         return
     assert rc == 0, err[-4000:]
-    state = json.loads((Path(spec.sweep_dir()) / "sweep.json").read_text())
+    state = json.loads((spec.sweep_dir() / "sweep.json").read_text())  # a folder, or s3://
     assert {"search", "replicate"} <= set(state) and "failed" not in state
     # retries allowed: a trial that failed writing its checkpoint to the full disk is retried
     check_one_run_per_trial(spec, n_search=2, n_replicate=1, statuses=("finished",), retries=True)
@@ -139,4 +139,38 @@ def test_an_mlflow_server_dying_mid_sweep_fails_fast_then_resume_completes(tmp_p
     assert took < 120, f"a dead server took {took:.0f} s to notice (MLflow's retries bounded?)"
     json.loads((Path(spec.sweep_dir()) / "sweep.json").read_text())  # intact
     with running_mlflow_server(srv, port):  # back, on the same store
+        _resume(spec)
+
+
+def test_an_object_store_stalling_mid_sweep_says_so_then_resume_completes(tmp_path, monkeypatch):
+    """storage in S3 whose server stops answering (SIGSTOP: requests hang until pyarrow's
+    timeouts, as with a lost network) while a trial runs: the trials cannot checkpoint, the
+    driver cannot save; one line names the store and how to go on. Back, resume completes."""
+    import boto3
+
+    with running_s3_server(tmp_path) as (url, server):
+        for k, v in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "stetune-test",
+                     "AWS_SECRET_ACCESS_KEY": "stetune-test", "AWS_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(k, v)  # the driver's and its local Ray's environment
+        boto3.client("s3").create_bucket(Bucket="sweeps")
+        storage = "s3://sweeps/team"
+        spec = small_spec(tmp_path, "stall", [*SETS, f"storage={storage}", "max_failures=1"],
+                          tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+        driver = cli("sweep", str(write_spec(spec, tmp_path / "stall.yaml")), "--quiet")
+        try:
+            wait_for_runs(spec, driver, _a_trial_running)
+            os.kill(server.pid, signal.SIGSTOP)
+            t0 = time.monotonic()
+        finally:
+            rc, out, err = _finish(driver, 400)
+        took = time.monotonic() - t0
+        print(f"the driver ended {took:.0f} s after the store stalled")
+        assert rc == 1, err[-4000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("stetune sweep: error: ") and storage in last and \
+            f"run `stetune resume stall --storage {storage}`" in last, last
+        assert took < 300, f"a stalled store took {took:.0f} s to give up on"
+        _, parents, children = sweep_runs(spec)  # MLflow still answers: everything ended
+        assert "RUNNING" not in {r.info.status for r in [*parents, *children]}
+        os.kill(server.pid, signal.SIGCONT)
         _resume(spec)

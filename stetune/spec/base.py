@@ -4,6 +4,7 @@ spec class subclasses Placement, sets `kind`, and declares its own fields with `
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -55,6 +56,11 @@ class Placement:
                          default=Mlflow(), tail=True)
 
     def __post_init__(self):
+        scheme = self.storage.split("://", 1)[0] if "://" in self.storage else None
+        if scheme is not None and not re.fullmatch(r"(s3|gs|gcs)://[^/\s]+(/.*)?", self.storage):
+            raise SpecError(f"storage must be a local path or an object store "
+                            f"(s3://BUCKET/prefix, gs://BUCKET/prefix), but got "
+                            f"storage={self.storage!r}")
         # a sqlite file cannot live in an object store: the runs need a server (or a database)
         if is_object_store(self.storage) and self.mlflow.tracking_uri is None:
             raise SpecError(f"mlflow.tracking_uri must be set when storage is an object store (a "

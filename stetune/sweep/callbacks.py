@@ -16,7 +16,8 @@ from ..naming import WEIGHTS_ARTIFACT, run_name
 from ..tracking import SweepTracker
 from .kinds.base import FINAL_KEYS
 
-__all__ = ["TrackingCallback", "SchedulerState", "register_tracker", "get_tracker", "trial_config"]
+__all__ = ["TrackingCallback", "SchedulerState", "StoreHealth", "register_tracker", "get_tracker",
+           "trial_config"]
 
 # keys Tune adds to every result: bookkeeping, not training metrics
 TUNE_BOOKKEEPING = frozenset({
@@ -186,3 +187,16 @@ class SchedulerState(Callback):
         on_restore = getattr(self.scheduler, "on_restore", None)
         if on_restore is not None:
             on_restore()
+
+
+class StoreHealth(Callback):
+    """Ends the phase at the controller's next step once a request of the driver to the sweep's
+    object store failed (sweep state, the lock's heartbeat, Optuna's journal, whose failures
+    Tune's Optuna searcher only warns about): the sweep stops in one line, its runs ended, for a
+    resume once the store answers, instead of going on with a study that missed a result."""
+
+    def on_step_begin(self, iteration, trials, **info):
+        from ..storage import failure
+
+        if (e := failure()) is not None:
+            raise e

@@ -19,7 +19,8 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from ..storage import Location, locate
+
+from ..storage import Location, StorageUnreachable, locate
 
 __all__ = ["DriverLock", "SweepLocked", "HEARTBEAT_S", "STALE_S"]
 
@@ -109,7 +110,7 @@ class DriverLock:
         return min(held, key=lambda h: h[1]) if held else None
 
     def _read(self, path: Location | None = None) -> tuple[dict, float]:
-        path = path or self.path
+        path, age = path or self.path, 0.0  # unreadable: taken as live, never taken over
         try:
             age = time.time() - path.mtime()
             held = json.loads(path.read_text() or "{}")
@@ -118,6 +119,8 @@ class DriverLock:
                     age = min(age, time.time() - path.with_suffix(".beat").mtime())
         except FileNotFoundError:
             return {}, float("inf")
+        except StorageUnreachable:  # never judged from what could not be read
+            raise
         except (OSError, ValueError):  # half-written by a driver killed while creating it
             held = {}
         return (held if isinstance(held, dict) else {}), age
@@ -141,6 +144,8 @@ class DriverLock:
                     mine.with_suffix(".beat").write_bytes(b"")
                 else:  # taken over: nothing to keep alive
                     return
+            except StorageUnreachable:  # the store failed for a moment: beat again next time
+                continue
             except OSError:  # removed under us: nothing to keep alive
                 return
 
@@ -149,7 +154,10 @@ class DriverLock:
         if self._thread is not None:
             self._thread.join(HEARTBEAT_S)
         if not self.local:
-            self._withdraw(self.claims / f"{self.token}.json")
+            # a store that fails now must not hide why the sweep ended: the claim stays, and a
+            # later driver on this host takes it over at once (its pid is gone)
+            with contextlib.suppress(StorageUnreachable):
+                self._withdraw(self.claims / f"{self.token}.json")
             return
         held, _ = self._read()
         if held.get("token") == self.token:  # never remove a lock another driver took over

@@ -24,7 +24,7 @@ from ray.tune.logger import JsonLoggerCallback
 from ..checkpoint import CHECKPOINT_FILE
 from ..storage import Location
 from ..tracking import STORE_ERRORS
-from .callbacks import SchedulerState, TrackingCallback
+from .callbacks import SchedulerState, StoreHealth, TrackingCallback
 from .stopping import SaveBeforeStop
 from .kinds.base import FINAL_KEYS, trial_status
 from .packs import MEMBER_END, PackDemux, is_pack, member_id
@@ -154,6 +154,8 @@ def run_phase(session, phase: Phase) -> list[Outcome]:
             callbacks.append(SchedulerState(phase.scheduler))
         if phase.channel is not None:  # a stop lets the running trials checkpoint first
             callbacks.append(SaveBeforeStop(phase.channel))
+        if not spec.sweep_dir().local:
+            callbacks.append(StoreHealth())
         grid = {} if phase.configs is None else {"cfg": tune.grid_search(phase.configs)}
         tuner = tune.Tuner(
             trainable, param_space=grid,

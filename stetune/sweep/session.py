@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import ray
 
 from ..naming import gist, redact
-from ..storage import Location
+from ..storage import Location, StorageUnreachable, clear_failure
 from ..store import (StoreUnusable, TrackingUnreachable, bound_client_retries, check_server,
                      check_sqlite_store)
 from ..tracking import SweepTracker
@@ -34,6 +34,10 @@ __all__ = ["Session", "SweepInterrupted", "SweepStateError", "StorageError", "Cl
 _CHATTY = ("mlflow", "alembic", "optuna", "ray", "ray.tune",
            "ray._private.authentication.authentication_token_setup")
 _TRACEBACKS = ("ray.tune.execution.tune_controller", "ray.tune.tune")
+# Tune's storage syncing, whose failures and slowness the sweep's one line says (an object store
+# that stopped answering): their tracebacks and hints only with -v
+_STORAGE_LOGS = ("ray.train._internal.storage", "ray.train._internal.syncer",
+                 "ray.tune.execution.experiment_state")
 
 
 def state_path(spec) -> Location:
@@ -136,6 +140,7 @@ def _sweep_session(spec, kind: SweepKind, *, address: str | None, resume: bool,
     the driver was interrupted (SweepInterrupted), FAILED with them if the body raised."""
     root = spec.sweep_dir()
     path = state_path(spec)
+    clear_failure()  # an earlier sweep's in this process (tests, notebooks)
     bound_client_retries()
     check_server(spec.resolved_tracking_uri())  # a down server: fail now, make nothing
     check_cluster(address)
@@ -146,11 +151,10 @@ def _sweep_session(spec, kind: SweepKind, *, address: str | None, resume: bool,
     except SweepLocked:
         raise
     except OSError as e:  # a file where a folder must be, a read-only mount, no permission,
-        # a bucket that does not exist or refuses these credentials
-        what = ("a writable directory" if root.local else "a bucket these credentials can write "
-                "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)")
-        raise StorageError(f"storage {spec.storage!r} cannot hold the sweep: {gist(e)}; set "
-                           f"storage to {what}") from None
+        # a bucket that does not exist or refuses these credentials (said with what to check)
+        why = f"{e}; {e.hint}" if isinstance(e, StorageUnreachable) else (
+            f"{gist(e)}; set storage to a writable directory")
+        raise StorageError(f"storage {spec.storage!r} cannot hold the sweep: {why}") from None
     try:
         if path.exists() and not resume:
             how = (f"use `stetune resume {spec.name}` or another name" if kind.resumable
@@ -223,7 +227,7 @@ def _quiet(verbose: int):
     puts the previous settings back."""
     import optuna
 
-    loggers = {name: logging.getLogger(name) for name in (*_CHATTY, *_TRACEBACKS)}
+    loggers = {name: logging.getLogger(name) for name in (*_CHATTY, *_TRACEBACKS, *_STORAGE_LOGS)}
     levels = {name: lg.level for name, lg in loggers.items()}
     env = {k: os.environ.get(k) for k in ("RAY_AIR_NEW_OUTPUT", "TUNE_WARN_THRESHOLD_S")}
     optuna_level = optuna.logging.get_verbosity()
@@ -243,6 +247,8 @@ def _quiet(verbose: int):
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # optuna resets its logger's level
     for name in _CHATTY:
         loggers[name].setLevel(logging.WARNING if "auth" not in name else logging.ERROR)
+    for name in _STORAGE_LOGS:
+        loggers[name].setLevel(logging.CRITICAL)
     # a failed trial's traceback: the summary names the trial and its error, Tune keeps the
     # traceback in the trial's error.txt (shown with -v)
     for name in _TRACEBACKS:
@@ -322,8 +328,8 @@ def _end(session: Session, status: str, trials: str, cause: BaseException) -> No
     missed = []
     try:
         session.save()
-    except OSError as e:
-        missed.append(f"sweep.json was not updated ({gist(e)})")
+    except OSError as e:  # the cause itself (a store that failed) is said once
+        missed.append("sweep.json was not updated" + ("" if e is cause else f" ({gist(e)})"))
     try:
         check_server(session.tracker.tracking_uri, timeout=3)  # a dead server: don't wait on it
         session.tracker.end_open_trials(trials)

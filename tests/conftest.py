@@ -118,6 +118,9 @@ def s3(s3_server, monkeypatch):
 
     import boto3
 
+    from stetune.storage import clear_failure
+
+    clear_failure()  # a failure an earlier test provoked in this process would fail this one fast
     env = {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "stetune-test",
            "AWS_SECRET_ACCESS_KEY": secrets.token_hex(8), "AWS_REGION": "us-east-1"}
     for k, v in env.items():

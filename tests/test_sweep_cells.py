@@ -168,3 +168,23 @@ def test_optuna_hears_of_an_end_once_tunes_snapshot_holds_it(tmp_path):
     assert asha.on_trial_result(None, t2, {"training_iteration": 1, "val_acc": 0.9}) == GO
     assert asha.on_trial_result(None, t0, {"training_iteration": 1, "val_acc": 0.1}) == GO  # COMPLETE
     assert asha.on_trial_result(None, t1, {"training_iteration": 1, "val_acc": 0.95}) == STOP  # PRUNED
+
+
+def test_a_trial_that_failed_before_its_first_report_keeps_its_config():
+    """Tune's Result takes the config from the last result: a trial whose every attempt failed
+    before it reported (placed on a node that had died but was not yet declared dead) has none
+    there. The driver takes it from the trial, and the trial counts as failed, not a crash."""
+    from types import SimpleNamespace as NS
+
+    from stetune.sweep.kinds.base import trial_status
+    from stetune.sweep.phase import _outcomes, _with_configs
+
+    cfg = {"cell": "relu/2", "phase": "search", "params": {}}
+    never = NS(config=None, metrics={}, error=RuntimeError("node died"), checkpoint=None,
+               path="/s/search/de1f0e84")
+    results = type("ResultGrid", (list,), {})([never])  # iterates its Results, in trial order
+    results._experiment_analysis = NS(trials=[NS(config={"cfg": cfg})])
+    ((r, got),) = _with_configs(results)
+    assert got == cfg
+    (out,) = _outcomes(r, got, lambda last, errored: trial_status(last, errored=errored, epochs=3))
+    assert (out.cfg, out.status, out.last) == (cfg, "failed", {})

@@ -175,10 +175,11 @@ def run_phase(session, phase: Phase) -> list[Outcome]:
         raise SweepInterrupted((signals and signals.received) or signal.SIGINT, phase.name,
                                session.tracker.count_ended(phase.name), _total(phase))
     if session.resume:  # runs of trials the killed driver never snapshotted would be duplicates
-        keep = {f"{phase.name}-{tid}" for r in results for tid in _trial_ids(r)}
+        keep = {f"{phase.name}-{tid}" for r, cfg in _with_configs(results)
+                for tid in _trial_ids(r, cfg)}
         session.tracker.prune_orphans(phase.name, keep)
     judge = phase.judge()
-    outcomes = [o for r in results for o in _outcomes(r, judge)]
+    outcomes = [o for r, cfg in _with_configs(results) for o in _outcomes(r, cfg, judge)]
     # failed trials (errors, not diverged runs: those are results) make the command exit 3
     failed = session.state.setdefault("failed", {})
     failed[phase.name] = [f"{o.cfg['cell']} ({_first_line(o.error)})" for o in outcomes
@@ -202,15 +203,23 @@ def _total(phase: Phase) -> int:
             else phase.num_samples)
 
 
-def _trial_ids(r) -> list[str]:
+def _with_configs(results) -> list[tuple[Any, dict]]:
+    """(Result, its trial's cfg) per trial. Tune's Result takes the config from the last result,
+    so a trial that failed before it reported (e.g. its every attempt placed on a node that had
+    died but was not yet declared dead) has none there: its Trial, in the same order, has it."""
+    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None)
+    return [(r, (r.config or getattr(t, "config", None) or {}).get("cfg", {}))
+            for r, t in zip(results, trials or [None] * len(results))]
+
+
+def _trial_ids(r, cfg: dict) -> list[str]:
     tid = r.metrics.get("trial_id") or Path(r.path).name
-    cfg = r.config["cfg"]
     return [member_id(tid, i) for i in range(len(cfg["members"]))] if is_pack(cfg) else [tid]
 
 
-def _outcomes(r, judge) -> list[Outcome]:
+def _outcomes(r, cfg: dict, judge) -> list[Outcome]:
     """One Outcome per trial, or per member of a pack (from its member-tagged results)."""
-    cfg, errored = r.config["cfg"], r.error is not None
+    errored = r.error is not None
     if not is_pack(cfg):
         return [Outcome(cfg, r.metrics or {}, judge(r.metrics or {}, errored=errored), r.error,
                         r.checkpoint, r)]

@@ -234,6 +234,13 @@ def _resume(args):
 
     saved = locate(args.storage) / args.name / "spec.json"
     if not saved.exists():
+        from .sweep.lock import DriverLock, SweepLocked
+
+        try:  # a driver that is starting holds the lock before it saves the spec
+            DriverLock(saved.parent, args.name).check()
+        except SweepLocked as e:
+            print(f"stetune resume: error: {e}", file=sys.stderr)
+            return None, 2
         print(f"stetune resume: error: no sweep named '{args.name}' in {saved.parent.parent}",
               file=sys.stderr)
         return None, 2

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 
 __all__ = ["Location", "locate", "is_object_store", "OBJECT_SCHEMES", "StorageUnreachable",
-           "failure", "clear_failure"]
+           "failure", "clear_failure", "said", "unreachable"]
 
 OBJECT_SCHEMES = ("s3", "gs", "gcs")  # what pyarrow.fs reaches without a mount
 
@@ -53,22 +53,32 @@ def clear_failure() -> None:
     _FAILED.clear()
 
 
+def unreachable(e: BaseException, where: Location, doing: str) -> StorageUnreachable | None:
+    """`e` as a StorageUnreachable naming `where` (recorded as this process's failure) if it is
+    an object store's failed request: pyarrow's errors carry no errno, the local disk's do."""
+    if isinstance(e, StorageUnreachable):
+        return e
+    if where.local or not isinstance(e, OSError) or isinstance(e, FileNotFoundError) \
+            or e.errno is not None:
+        return None
+    # pyarrow's text names the key again, then the SDK's error, then curl's details
+    why = re.sub(r"^When [^:]*: ", "", " ".join(str(e).split())).split("; Details")[0]
+    err = StorageUnreachable(f"{doing} {where.uri} failed ({why[:160]})")
+    _FAILED[:] = _FAILED or [err]
+    return err
+
+
 @contextlib.contextmanager
-def _said(where: Location, doing: str):
-    """pyarrow's errors from an object store, as one line naming the URI and what to check."""
+def said(where: Location, doing: str):
+    """pyarrow's errors from an object store, as one line naming the URI and what to check (also
+    around Tune's own requests to it)."""
     if _FAILED and not where.local:  # the driver is ending on it: no request waits out again
         raise _FAILED[0]
     try:
         yield
-    except FileNotFoundError:
-        raise
     except OSError as e:
-        if where.local or isinstance(e, StorageUnreachable):
+        if (err := unreachable(e, where, doing)) is None or err is e:
             raise
-        # pyarrow's text names the key again, then the SDK's error, then curl's details
-        why = re.sub(r"^When [^:]*: ", "", " ".join(str(e).split())).split("; Details")[0]
-        err = StorageUnreachable(f"{doing} {where.uri} failed ({why[:160]})")
-        _FAILED[:] = _FAILED or [err]
         raise err from None
 
 
@@ -136,7 +146,7 @@ class Location:
 
     # -- reading -----------------------------------------------------------------------------
     def _info(self) -> pafs.FileInfo:
-        with _said(self, "reading"):
+        with said(self, "reading"):
             return self.fs.get_file_info(self.path)
 
     def exists(self) -> bool:
@@ -155,16 +165,29 @@ class Location:
             raise FileNotFoundError(self.uri)
         return info.mtime.timestamp() if info.mtime is not None else 0.0
 
-    def read_bytes(self) -> bytes:
+    def _get(self) -> bytes:
         try:
-            with _said(self, "reading"), self.fs.open_input_stream(self.path) as f:
+            with self.fs.open_input_stream(self.path) as f:
                 return f.read()
         except FileNotFoundError:
             raise
         except OSError as e:  # pyarrow says "Path does not exist" in words, without an errno
-            if "does not exist" in str(e) or "NoSuchKey" in str(e) or not self.exists():
+            if "does not exist" in str(e) or "NoSuchKey" in str(e):
                 raise FileNotFoundError(f"{self.uri}: no such file") from None
             raise
+
+    def read_bytes(self) -> bytes:
+        with said(self, "reading"):
+            try:
+                return self._get()
+            except FileNotFoundError:
+                raise
+            except OSError as e:
+                if self.local or "NETWORK_CONNECTION" in str(e):  # a store not answering
+                    raise
+                # the body cut off (an object removed while it was read, a dropped response):
+                # a second read finds it whole, or gone
+                return self._get()
 
     def read_text(self) -> str:
         return self.read_bytes().decode()
@@ -172,7 +195,7 @@ class Location:
     def iterdir(self) -> list[Location]:
         if not self.is_dir():
             return []
-        with _said(self, "listing"):
+        with said(self, "listing"):
             infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
         return sorted((Location(self.fs, i.path, self.scheme) for i in infos),
                       key=lambda loc: loc.path)
@@ -194,7 +217,7 @@ class Location:
         """Atomic: a reader sees the old content or the new, never half (a local file is written
         beside and renamed; an object store's PUT replaces the object whole)."""
         if not self.local:
-            with _said(self, "writing"), self.fs.open_output_stream(self.path) as f:
+            with said(self, "writing"), self.fs.open_output_stream(self.path) as f:
                 f.write(data)
             return
         path = Path(self.path)
@@ -210,7 +233,7 @@ class Location:
 
     def unlink(self, missing_ok: bool = False) -> None:
         try:
-            with _said(self, "deleting"):
+            with said(self, "deleting"):
                 self.fs.delete_file(self.path)
         except FileNotFoundError:
             if not missing_ok:
@@ -221,7 +244,7 @@ class Location:
 
     def upload(self, folder: Path) -> None:
         """A local folder's files, copied under this location."""
-        with _said(self, "writing"):
+        with said(self, "writing"):
             pafs.copy_files(str(folder), self.path, destination_filesystem=self.fs)
 
 

@@ -68,7 +68,8 @@ def main(cmd: str, *args: str) -> dict:
         from sweep_helpers import check_one_run_per_trial, tune_results
 
         spec = _spec(args[0])
-        check_one_run_per_trial(spec, int(args[1]), 0, statuses=("finished",), retries=True)
+        check_one_run_per_trial(spec, int(args[1]), 0, statuses=("finished",), retries=True,
+                               driver_died=True)
         return {"results": {t: [(r["epoch"], r["node_id"]) for r in rows if "epoch" in r]
                             for t, rows in tune_results(spec.sweep_dir() / "search").items()}}
     raise SystemExit(f"unknown command {cmd}")

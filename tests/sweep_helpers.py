@@ -47,7 +47,7 @@ def sweep_runs(spec: SweepSpec):
 
 def check_one_run_per_trial(spec: SweepSpec, n_search: int, n_replicate: int,
                             statuses=("finished", "pruned", "diverged"),
-                            retries: bool = False) -> list:
+                            retries: bool = False, driver_died: bool = False) -> list:
     """One finished parent; one finished child per trial, each with epochs 1..last exactly once;
     and no trial retried unless `retries`: max_failures would otherwise hide a crash that the
     retry happened to get past."""
@@ -79,10 +79,15 @@ def check_one_run_per_trial(spec: SweepSpec, n_search: int, n_replicate: int,
     if n_search:
         check_studies(spec, [c for c in children if c.data.tags["stetune.phase"] == "search"])
     # Tune's own count (its experiment state) must be what the run says, so a retry the tracker
-    # failed to record is caught too
+    # failed to record is caught too. After `driver_died` (SIGKILL, a store that stopped
+    # answering) the run may hold more: Tune's state saved after a retry the run recorded may
+    # never have reached storage, and the resume restored the older one
     tagged = {c.data.tags["stetune.trial_id"]: int(c.data.tags.get(RETRIES_TAG, 0))
               for c in children}
-    assert tagged == tune_failures(spec), (tagged, tune_failures(spec))
+    tune = tune_failures(spec)
+    assert tagged.keys() == tune.keys(), (tagged, tune)
+    assert all(tagged[k] >= tune[k] if driver_died else tagged[k] == tune[k] for k in tune), \
+        (tagged, tune)
     if not retries:
         retried = {k: n for k, n in tagged.items() if n}
         assert not retried, f"trials retried after a crash (times): {retried}"

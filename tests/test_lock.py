@@ -73,3 +73,23 @@ def test_the_heartbeat_keeps_the_lock_fresh(tmp_path, monkeypatch):
     time.sleep(0.3)
     assert time.time() - lock.path.mtime() < 5
     lock.release()
+
+
+def test_resume_of_a_sweep_still_starting_names_its_driver(tmp_path):
+    """A driver holds the lock before it saves spec.json (Ray's start takes seconds): a resume
+    then is refused naming that driver, not told there is no such sweep."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from sweep_helpers import run_cli
+
+    (tmp_path / "s").mkdir()
+    lock = DriverLock(tmp_path / "s", "s")
+    lock.acquire()
+    try:
+        rc, _, err = run_cli("resume", "s", "--storage", str(tmp_path), timeout=120)
+    finally:
+        lock.release()
+    assert rc == 2, err
+    assert err.strip().splitlines()[-1].startswith(
+        f"stetune resume: error: sweep 's' is being run by pid {os.getpid()} on host "), err
+    rc, _, err = run_cli("resume", "s", "--storage", str(tmp_path), timeout=120)
+    assert rc == 2 and err.strip().endswith(f"no sweep named 's' in {tmp_path}"), err

@@ -84,6 +84,67 @@ def test_optuna_studies_live_in_an_object_store_as_an_append_only_journal(s3):
     assert why is None and set(studies) == {"relu/2"} and len(studies["relu/2"].trials) == 8
 
 
+def test_tunes_own_requests_to_a_refusing_store_are_one_line_and_the_local_disks_errors_pass(
+        monkeypatch):
+    """run_phase wraps Tune in storage.said: a new phase's Tuner makes its folder in the store
+    itself (pyarrow's raw OSError, no errno); that becomes the store's one-line failure, while an
+    error of the local disk (it has an errno) stays what it is."""
+    import errno
+
+    from ray import tune
+
+    from stetune.storage import StorageUnreachable, clear_failure, failure, said
+
+    with socket.socket() as s:  # a port nothing listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(k, "stetune-test")
+    where = locate("s3://nowhere/team/sw/search")
+    clear_failure()
+    try:
+        with pytest.raises(StorageUnreachable) as e, said(where, "Tune's request to"):
+            tune.Tuner(lambda config: None, run_config=tune.RunConfig(
+                name="search", storage_path="nowhere/team/sw", storage_filesystem=where.fs))
+        assert str(e.value).startswith(f"Tune's request to {where.uri} failed (AWS Error ") and \
+            "HeadBucket" in str(e.value) and "\n" not in str(e.value), e.value
+        assert failure() is e.value  # the driver stops on it; later requests fail at once
+        clear_failure()
+        full = OSError(errno.ENOSPC, "No space left on device")
+        with pytest.raises(OSError) as e, said(where, "Tune's request to"):
+            raise full
+        assert e.value is full and failure() is None
+    finally:
+        clear_failure()
+
+
+def test_after_a_store_failure_tunes_late_upload_tracebacks_stay_silent(monkeypatch):
+    """Tune's background upload of its state, stalled on the same store, fails after the sweep
+    has said its last line: its logger stays silent then (a sweep that ended well restores it)."""
+    import logging
+
+    from stetune.storage import clear_failure, unreachable
+    from stetune.sweep.session import _quiet
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    lg = logging.getLogger("ray.train._internal.storage")  # Tune's _create_directory logs here
+    before = lg.level
+    try:
+        clear_failure()
+        _quiet(0)()
+        assert lg.level == before
+        restore = _quiet(0)
+        assert not lg.isEnabledFor(logging.ERROR)
+        unreachable(OSError("When testing for existence of bucket 'b': AWS Error "
+                            "NETWORK_CONNECTION"), locate("s3://b/x"), "writing")
+        restore()
+        assert not lg.isEnabledFor(logging.ERROR)
+    finally:
+        clear_failure()
+        lg.setLevel(before)
+
+
 def _claim(where, host: str, pid: int) -> None:
     (where / "driver.locks" / f"other-{pid}.json").write_text(json.dumps(
         {"host": host, "pid": pid, "token": "other", "started": "then"}))

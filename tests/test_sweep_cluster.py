@@ -8,7 +8,6 @@ cluster and removes nodes from it; it never connects to Ray itself."""
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import sys
 import time

@@ -109,6 +109,13 @@ class DriverLock:
         held = [h for p in locks if (h := self._read(p))[1] != float("inf")]  # inf: gone
         return min(held, key=lambda h: h[1]) if held else None
 
+    def check(self) -> None:
+        """Raise SweepLocked where a live driver holds the sweep (read only)."""
+        found = self.holder()
+        if found is not None and not self._stale(*found):
+            where = self.path if self.local else self.claims
+            raise self._locked(*found, where)
+
     def _read(self, path: Location | None = None) -> tuple[dict, float]:
         path, age = path or self.path, 0.0  # unreadable: taken as live, never taken over
         try:

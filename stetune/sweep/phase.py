@@ -22,7 +22,7 @@ from ray.tune.error import TuneError
 from ray.tune.logger import JsonLoggerCallback
 
 from ..checkpoint import CHECKPOINT_FILE
-from ..storage import Location
+from ..storage import Location, said, unreachable
 from ..tracking import STORE_ERRORS
 from .callbacks import SchedulerState, StoreHealth, TrackingCallback
 from .stopping import SaveBeforeStop
@@ -133,7 +133,13 @@ class Outcome:
 
 
 def run_phase(session, phase: Phase) -> list[Outcome]:
-    """Run (or, on resume, restore and finish) the phase; one Outcome per trial."""
+    """Run (or, on resume, restore and finish) the phase; one Outcome per trial. Tune's own
+    requests to an object store that fail (its state, a new phase's folder) say so in one line."""
+    with said(session.spec.sweep_dir() / phase.name, "Tune's request to"):
+        return _run_phase(session, phase)
+
+
+def _run_phase(session, phase: Phase) -> list[Outcome]:
     spec, path = session.spec, session.spec.sweep_dir() / phase.name
     trainable = tune.with_resources(tune.with_parameters(phase.trainable, **phase.kwargs),
                                     phase.resources)
@@ -272,6 +278,8 @@ def _restore(path: Location, trainable, name: str):
                                   resume_errored=True,
                                   storage_filesystem=fs.get("storage_filesystem"))
     except Exception as e:  # unpickling: another stetune version's state, or a damaged file
+        if (err := unreachable(e, path, "reading Tune's state at")) is not None:
+            raise err from None  # the store failed, not the state
         raise SweepStateError(f"{path}: Tune's experiment state cannot be restored "
                               f"({type(e).__name__}: {_first_line(e)}), e.g. it was written by "
                               f"another stetune version; {again}, or rerun the sweep under "
@@ -314,7 +322,8 @@ def run_one(session, phase: Phase, dest: Location, what: str) -> Outcome:
     out = run_phase(session, phase)[0]
     if out.status != "finished" or out.checkpoint is None:
         raise RuntimeError(f"{what} ended {out.status}: {out.error or 'see its MLflow run'}")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, \
+            said(session.spec.sweep_dir() / phase.name, "downloading the checkpoint from"):
         out.checkpoint.to_directory(tmp)
         dest.write_bytes((Path(tmp) / CHECKPOINT_FILE).read_bytes())
     return out

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import ray
 
 from ..naming import gist, redact
-from ..storage import Location, StorageUnreachable, clear_failure
+from ..storage import Location, StorageUnreachable, clear_failure, failure
 from ..store import (StoreUnusable, TrackingUnreachable, bound_client_retries, check_server,
                      check_sqlite_store)
 from ..tracking import SweepTracker
@@ -236,7 +236,10 @@ def _quiet(verbose: int):
         set_display(1)
         optuna.logging.set_verbosity(optuna_level)
         for name, lg in loggers.items():
-            lg.setLevel(levels[name])
+            # after a store failure, Tune's background upload that was waiting on it fails
+            # later still: its traceback must not follow the sweep's last line
+            if not (name in _STORAGE_LOGS and failure() is not None):
+                lg.setLevel(levels[name])
             lg.removeFilter(_no_trial_tracebacks)
         for k, v in env.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-EPOCHS, PER_CELL = 8, 3  # 6 trials: work is left after the victim moves
+EPOCHS, PER_CELL = 10, 3  # 6 trials: work is left after the victim moves
 
 
 @pytest.fixture

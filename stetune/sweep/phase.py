@@ -173,7 +173,9 @@ def _run_phase(session, phase: Phase) -> list[Outcome]:
                 name=phase.name, callbacks=callbacks, **_tune_storage(spec.sweep_dir()),
                 verbose=1 if session.verbose >= 2 else 0,  # Ray's tables: -v
                 failure_config=tune.FailureConfig(max_failures=phase.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+                # two: a driver killed before its snapshot naming the newest checkpoint reached
+                # storage resumes from the one before (Tune forces that snapshot after two)
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
     results, stopped = _fit(session, tuner)
     ended = results.num_terminated + results.num_errors
     if stopped or ended < _tune_total(phase):  # Tune returns early only when told to stop
